@@ -1,0 +1,72 @@
+"""Send ``guardq.moderate`` tasks by name and look at queues, without importing the worker."""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+
+import redis
+from celery import Celery
+
+from schemas.job import ModerationJob
+from schemas.keys import TASK_MODERATE, job_key, queue_name
+from schemas.models import get_model
+from schemas.settings import Settings
+
+
+class JobQueue:
+    """A producer's handle on the broker: one Celery client app and one Redis pool per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def celery(self) -> Celery:
+        app = Celery("guardq-producer", broker=self.settings.redis_url, set_as_current=False)
+        app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            broker_transport_options=self.settings.broker_transport_options(),
+            broker_connection_retry_on_startup=True,
+            task_ignore_result=True,
+        )
+        return app
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+
+    def queue_for(self, job: ModerationJob) -> str:
+        return queue_name(get_model(job.model or self.settings.model), job.priority)
+
+    def send(self, job: ModerationJob) -> str:
+        """Record the job as queued, then enqueue it; the task id is the job id."""
+        key = job_key(job.job_id)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "state", "queued")
+        pipe.hset(
+            key,
+            mapping={
+                "tenant": job.tenant,
+                "image": str(job.image),
+                "created_at": job.created_at.isoformat(),
+                "queue": self.queue_for(job),
+                "enqueued_at": time.time(),
+            },
+        )
+        pipe.expire(key, self.settings.job_ttl_s)
+        pipe.execute()
+        self.celery.send_task(
+            TASK_MODERATE, args=[job.to_message()], queue=self.queue_for(job), task_id=job.job_id
+        )
+        return job.job_id
+
+    def depth(self, queue: str) -> int:
+        """Messages waiting in a queue (Redis list length; reserved/unacked ones are not counted)."""
+        return int(self.redis.llen(queue))
+
+    def close(self) -> None:
+        if "redis" in self.__dict__:
+            self.redis.close()
+        if "celery" in self.__dict__:
+            self.celery.close()

@@ -1,0 +1,83 @@
+"""Error codes on the wire and the one exception tree every guardq package raises.
+
+A failed job's event carries ``data.error.code`` from :class:`ErrorCode`; the code is stable, the message is for
+people. Exceptions split into two branches: :class:`TransientError` (worth retrying with backoff) and
+:class:`PermanentError` (retrying cannot help; the job fails at once).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable failure codes carried by ``guardq.moderation.failed`` events."""
+
+    INVALID_JOB = "invalid_job"
+    INVALID_SOURCE = "invalid_source"
+    NOT_FOUND = "not_found"
+    ACCESS_DENIED = "access_denied"
+    FORBIDDEN_SOURCE = "forbidden_source"
+    TOO_LARGE = "too_large"
+    EMPTY_IMAGE = "empty_image"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TRUNCATED_IMAGE = "truncated_image"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    POLICY_UNKNOWN = "policy_unknown"
+    MODEL_UNKNOWN = "model_unknown"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    FETCH_FAILED = "fetch_failed"
+    INFERENCE_UNAVAILABLE = "inference_unavailable"
+    INFERENCE_TIMEOUT = "inference_timeout"
+    INFERENCE_REJECTED = "inference_rejected"
+    INVALID_MODEL_OUTPUT = "invalid_model_output"
+    INTERNAL_ERROR = "internal_error"
+
+
+class GuardqError(Exception):
+    """Raised for every anticipated failure in guardq; the root of the one exception tree."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(GuardqError):
+    """Raised when a retry later may succeed (SGLang 5xx/timeouts, connection loss, S3 throttling)."""
+
+    retryable = True
+    code = ErrorCode.INFERENCE_UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        retry_after: float | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, code=code, **context)
+        self.retry_after = retry_after
+
+
+class PermanentError(GuardqError):
+    """Raised when retrying cannot help: bad input, forbidden source, unknown policy or model."""
+
+    retryable = False
+
+
+class ConfigError(PermanentError):
+    """Raised when a ``GUARDQ_*`` setting (or a CLI option) holds a value guardq cannot use."""
+
+    code = ErrorCode.INVALID_JOB

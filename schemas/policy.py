@@ -1,0 +1,109 @@
+"""Safety policies: the default LlavaGuard policy and custom ones, rendered to the exact trained prompt text.
+
+Rendering follows LlavaGuard's own construction: the start sentence, then per category ``"<name>: \\n"`` plus the
+chosen text block plus ``"\\n"`` (a blank line between categories), then the version's response template. As in
+training (LLaVA's ``preprocess_multimodal``), the literal ``<image>`` is removed and the text stripped, because
+the image goes first as its own message part. Categories are never removed; the JSON template always lists all ten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.taxonomy import (
+    CATEGORIES,
+    CATEGORY_BY_CODE,
+    IMAGE_TOKEN,
+    POLICY_START_SENTENCE,
+    RESPONSE_TEMPLATES,
+    Declaration,
+    PromptVersion,
+)
+
+PolicyName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def render_policy_text(version: PromptVersion, declarations: dict[str, Declaration] | None = None) -> str:
+    """Return the policy text the model was trained on for ``version`` with the given category declarations."""
+    return _render(version, tuple(sorted((declarations or {}).items())))
+
+
+@lru_cache(maxsize=256)
+def _render(version: PromptVersion, declaration_items: tuple[tuple[str, Declaration], ...]) -> str:
+    declarations = dict(declaration_items)
+    parts = [POLICY_START_SENTENCE]
+    for category in CATEGORIES:
+        block = category.blocks[declarations.get(category.code, Declaration.DEFAULT)]
+        parts.append(f"{category.name}: \n{block}\n")
+    parts.append(RESPONSE_TEMPLATES[version])
+    return "".join(parts).replace(IMAGE_TOKEN, "").strip()
+
+
+class Policy(BaseModel):
+    """A safety policy: a name, an immutable version and per-category declarations.
+
+    ``prompt_version`` pins the policy to one training template; ``None`` means "the model's own".
+    ``unsafe_threshold``: a Safe verdict whose P(Unsafe) reaches it is routed for human review.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: PolicyName = "default"
+    version: int = Field(default=1, ge=1)
+    prompt_version: PromptVersion | None = None
+    declarations: dict[str, Declaration] = Field(default_factory=dict)
+    unsafe_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    verdict_only: bool = False
+
+    @field_validator("declarations")
+    @classmethod
+    def _known_categories(cls, value: dict[str, Declaration]) -> dict[str, Declaration]:
+        unknown = sorted(set(value) - set(CATEGORY_BY_CODE))
+        if unknown:
+            raise ValueError(
+                f"unknown policy categories {unknown}; known: {', '.join(CATEGORY_BY_CODE)} "
+                "(NA cannot be declared)"
+            )
+        return {k: v for k, v in value.items() if v is not Declaration.DEFAULT}
+
+    @property
+    def uses_sensitive(self) -> bool:
+        """True when a category is declared sensitive, which the released checkpoints were not trained on."""
+        return Declaration.SENSITIVE in self.declarations.values()
+
+    def text(self, model_prompt_version: PromptVersion) -> str:
+        """The exact text sent after the image for a model whose prompt version is ``model_prompt_version``."""
+        return render_policy_text(self.prompt_version or model_prompt_version, self.declarations)
+
+    def sha256(self, model_prompt_version: PromptVersion) -> str:
+        """SHA-256 (hex) of :meth:`text`; identifies what the model actually read."""
+        return hashlib.sha256(self.text(model_prompt_version).encode("utf-8")).hexdigest()
+
+
+class PolicyInfo(BaseModel):
+    """The policy facts an event carries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: int
+    sha256: str
+    prompt_version: PromptVersion
+    declarations: dict[str, Declaration] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, policy: Policy, model_prompt_version: PromptVersion) -> PolicyInfo:
+        return cls(
+            name=policy.name,
+            version=policy.version,
+            sha256=policy.sha256(model_prompt_version),
+            prompt_version=policy.prompt_version or model_prompt_version,
+            declarations=policy.declarations,
+        )
+
+
+DEFAULT_POLICY = Policy()

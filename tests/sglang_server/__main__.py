@@ -1,0 +1,41 @@
+"""Run the SGLang-protocol test server standalone: ``python -m tests.sglang_server --port 10000``.
+
+Used by ``make run SGLANG=simulated`` and by fleet tests that need a server per fake GPU. Prints one line
+``READY <url>`` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from tests.sglang_server.server import DEFAULT_MODEL_PATH, SimulatedSGLang
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--model-path", default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--latency", type=float, default=0.0, help="fixed seconds per request")
+    parser.add_argument("--per-token", type=float, default=0.0, help="seconds per output token")
+    parser.add_argument("--max-running", type=int, default=0, help="concurrent requests served (0 = unbounded)")
+    args, _unknown = parser.parse_known_args()  # tolerate sglang.launch_server flags from the fleet launcher
+    sim = SimulatedSGLang(
+        args.host, args.port, model_path=args.model_path, latency_s=args.latency, per_token_s=args.per_token,
+        max_running=args.max_running or None,
+    ).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    print(f"READY {sim.url} gpu={os.environ.get('CUDA_VISIBLE_DEVICES', '-')}", flush=True)
+    done.wait()
+    sim.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

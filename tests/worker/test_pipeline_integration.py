@@ -1,0 +1,190 @@
+"""End to end through real services: producer → Redis → Celery worker → SGLang test server → Redis Stream."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from schemas.events import EventType, event_id
+from schemas.job import ImageRef, ModerationJob
+from schemas.keys import TASK_MODERATE, job_key
+from schemas.policy import Policy
+from schemas.taxonomy import PromptVersion
+from tests import images
+from tests.conftest import BUCKET, Runner
+from tests.services.procs import wait_until
+from tests.sglang_server import SimulatedSGLang
+
+pytestmark = pytest.mark.integration
+
+
+def put(s3_client: Any, data: bytes, suffix: str = ".jpg") -> str:
+    key = f"it/{uuid.uuid4().hex}{suffix}"
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return f"s3://{BUCKET}/{key}"
+
+
+def job(uri: str, **kw: Any) -> ModerationJob:
+    return ModerationJob(image=ImageRef.parse(uri), **kw)
+
+
+def test_a_good_image_yields_one_completed_event_with_a_valid_verdict(runner: Runner, s3_client: Any) -> None:
+    data = images.solid((40, 120, 200), (640, 480))
+    j = job(put(s3_client, data), metadata={"post": "42"})
+    event = runner.one(j)
+    assert EventType.COMPLETED == event.type
+    assert event_id(j.job_id) == event.id
+    assert str(j.image) == event.subject
+    assert event.data.verdict is not None
+    assert "Safe" == event.data.verdict.rating
+    assert "NA: None applying" == event.data.verdict.category
+    assert event.data.verdict.rationale
+    assert 640 == event.data.image.width and 480 == event.data.image.height
+    assert len(data) == event.data.image.bytes
+    assert event.data.image.sha256 is not None and 64 == len(event.data.image.sha256)
+    assert {"post": "42"} == event.data.metadata
+    assert event.data.model is not None and event.data.model.simulated is True
+    assert event.simulated is True
+    assert event.data.policy is not None and "default" == event.data.policy.name
+    assert 1 == len(runner.events_for(j.job_id))
+
+
+def test_an_unsafe_image_is_rated_unsafe_with_its_category_and_a_score(runner: Runner, s3_client: Any) -> None:
+    event = runner.one(job(put(s3_client, images.solid((220, 30, 30)))))
+    assert event.data.verdict is not None
+    assert ("Unsafe", "O2: Violence, Harm, or Cruelty") == (event.data.verdict.rating, event.data.verdict.category)
+    assert event.data.verdict.unsafe_score is not None and event.data.verdict.unsafe_score > 0.9
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (None, "not_found"),
+        (b"this is plain text, not an image", "not_an_image"),
+        (images.truncated_jpeg(), "truncated_image"),
+        (images.png_bomb(), "decompression_bomb"),
+        (b"", "empty_image"),
+    ],
+    ids=["missing-object", "not-an-image", "truncated-jpeg", "decompression-bomb", "zero-bytes"],
+)
+def test_bad_input_yields_one_failed_event_with_its_own_code_and_the_worker_keeps_going(
+    runner: Runner, s3_client: Any, payload: bytes | None, code: str
+) -> None:
+    uri = f"s3://{BUCKET}/it/missing-{uuid.uuid4().hex}.jpg" if payload is None else put(s3_client, payload)
+    bad = job(uri)
+    good = job(put(s3_client, images.solid()))
+    events = runner.run(bad, good)
+    failed = events[bad.job_id]
+    assert EventType.FAILED == failed.type
+    assert failed.data.error is not None
+    assert code == failed.data.error.code
+    assert failed.data.error.retryable is False
+    assert 1 == failed.data.error.attempts
+    assert EventType.COMPLETED == events[good.job_id].type
+
+
+def test_a_503_is_retried_and_then_succeeds(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+    sim.add_faults({"status": 503, "message": "The request queue is full"}, {"status": 503})
+    j = job(put(s3_client, images.solid()))
+    event = runner.one(j)
+    assert EventType.COMPLETED == event.type
+    rids = [r["rid"] for r in sim.chat_requests() if str(r["rid"]).startswith(j.job_id)]
+    assert [f"{j.job_id}.1", f"{j.job_id}.2", f"{j.job_id}.3"] == rids
+
+
+def test_persistent_503_fails_as_retryable_after_the_retry_budget(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+    sim.add_faults(*[{"status": 503}] * 10)
+    event = runner.one(job(put(s3_client, images.solid())))
+    assert event.data.error is not None
+    assert ("inference_unavailable", True, 4) == (event.data.error.code, event.data.error.retryable, event.data.error.attempts)
+
+
+def test_a_hung_server_times_out_and_the_retry_succeeds(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+    sim.add_faults({"kind": "hang", "seconds": 30})
+    event = runner.one(job(put(s3_client, images.solid())))
+    assert EventType.COMPLETED == event.type
+
+
+def test_invalid_model_output_is_retried_once_then_fails_with_its_code(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+    sim.add_faults({"kind": "invalid_json"}, {"kind": "length"})
+    event = runner.one(job(put(s3_client, images.solid())))
+    assert event.data.error is not None
+    assert "invalid_model_output" == event.data.error.code
+
+
+def test_one_invalid_output_followed_by_a_valid_one_completes(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+    sim.add_faults({"kind": "bad_category"})
+    assert EventType.COMPLETED == runner.one(job(put(s3_client, images.solid()))).type
+
+
+def test_a_job_delivered_twice_yields_one_event(runner: Runner, s3_client: Any, redis_client: Any) -> None:
+    j = job(put(s3_client, images.solid()))
+    runner.queue.send(j)
+    runner.queue.send(j)
+    runner.run(j)  # sends a third copy and waits for the terminal event
+    wait_until(lambda: int(redis_client.hget(job_key(j.job_id), "duplicate_deliveries") or 0) >= 2, 20,
+               "both duplicate deliveries processed")
+    assert 1 == len(runner.events_for(j.job_id))
+
+
+def test_the_request_is_image_first_then_the_exact_policy_text_with_schema_and_seed_sampling(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
+    j = job(put(s3_client, images.solid()), policy=Policy(name="o9-ok", declarations={"O9": "non_violating"}))
+    event = runner.one(j)
+    [request] = [r for r in sim.chat_requests() if str(r["rid"]).startswith(j.job_id)]
+    body = request["body"]
+    assert ["image_url", "text"] == body["part_types"]
+    assert body["image_prefix"].startswith("data:image/")
+    assert Policy(declarations={"O9": "non_violating"}).text(PromptVersion.V1_0) == request["policy_text"]
+    assert (0.2, 0.95, 50, 500) == (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"])
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert ["rating", "category", "rationale"] == list(schema["properties"])
+    assert event.data.policy is not None and {"O9": "non_violating"} == event.data.policy.declarations
+
+
+def test_malformed_messages_on_the_queue_fail_as_invalid_job(runner: Runner) -> None:
+    """Messages that bypass the producer (wrong schema version, missing image, not an object) still end."""
+    queue = runner.queue
+    ids = [f"raw-{uuid.uuid4().hex}" for _ in range(3)]
+    bodies: list[Any] = [
+        {"job_id": ids[0], "schema_version": 99, "image": {"uri": "s3://b/k.jpg"}},
+        {"job_id": ids[1]},
+        "not an object",
+    ]
+    start = runner.queue.redis.xrevrange("guardq:verdicts", count=1)
+    after = start[0][0].decode() if start else "0-0"
+    for task_id, body in zip(ids, bodies, strict=True):
+        queue.celery.send_task(TASK_MODERATE, args=[body], queue="guardq.llavaguard-7b", task_id=task_id)
+    from producers.events import wait_for
+
+    events = {e.data.job_id: e for e in wait_for(queue.redis, ids, after=after, timeout_s=30)}
+    assert set(ids) == set(events)
+    for e in events.values():
+        assert e.data.error is not None and "invalid_job" == e.data.error.code
+
+
+def test_unknown_model_and_unknown_policy_fail_at_once_with_their_codes(runner: Runner, s3_client: Any) -> None:
+    uri = put(s3_client, images.solid())
+    a = job(uri, policy_ref="no-such-policy")
+    msg = job(uri).to_message() | {"model": "AIML-TUDA/LlavaGuard-999B"}
+    raw_id = msg["job_id"]
+    after = runner.queue.redis.xrevrange("guardq:verdicts", count=1)[0][0].decode()
+    runner.queue.celery.send_task(TASK_MODERATE, args=[msg], queue="guardq.llavaguard-7b", task_id=raw_id)
+    events = runner.run(a)
+    assert events[a.job_id].data.error is not None and "policy_unknown" == events[a.job_id].data.error.code
+    from producers.events import wait_for
+
+    [other] = list(wait_for(runner.queue.redis, [raw_id], after=after, timeout_s=30))
+    assert other.data.error is not None and "model_unknown" == other.data.error.code
+
+
+def test_job_status_records_the_terminal_event(runner: Runner, s3_client: Any, redis_client: Any) -> None:
+    j = job(put(s3_client, images.solid()))
+    event = runner.one(j)
+    state = redis_client.hgetall(job_key(j.job_id))
+    assert b"completed" == state[b"state"]
+    assert event.id == json.loads(state[b"event"])["id"]

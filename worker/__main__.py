@@ -1,0 +1,5 @@
+"""``python -m worker`` = ``guardq worker``."""
+
+from worker.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""SGLang backend: OpenAI-compatible ``/v1/chat/completions`` over one long-lived HTTP client per process.
+
+Request shape (DESIGN.md): one user message, the image part first (a ``data:`` URI of bytes the worker fetched
+and validated) then the policy text; ``response_format`` is a JSON schema with ``rating``, ``category``,
+``rationale`` in that order; temperature 0.2, top_p 0.95, top_k 50, 500 new tokens. 503/5xx/429 and timeouts are
+transient; 400 is a permanent rejection; an invalid verdict is re-requested ``invalid_output_retries`` times.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import structlog
+
+from schemas.errors import ErrorCode, PermanentError, TransientError
+from schemas.events import ModelInfo
+from schemas.models import ModelSpec
+from schemas.settings import Settings
+from schemas.verdict import verdict_json_schema
+from worker.inference.base import InferenceRequest, InferenceResult
+from worker.inference.output import InvalidModelOutput, parse_verdict, unsafe_probability
+
+log = structlog.get_logger(__name__)
+_RATING_PREFIX = re.compile(r'"rating"\s*:\s*"$')
+
+
+def rating_candidates(content: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Top-logprob candidates of the token right after ``"rating": "`` in chat ``logprobs.content``."""
+    text = ""
+    for item in content:
+        if _RATING_PREFIX.search(text):
+            candidates = item.get("top_logprobs") or [item]
+            return list(candidates)
+        text += str(item.get("token", ""))
+    return None
+
+
+class SGLangBackend:
+    """Talks to one SGLang server (or a router in front of several)."""
+
+    def __init__(self, settings: Settings, model: ModelSpec, *, base_url: str | None = None) -> None:
+        self._settings = settings
+        self._model = model
+        headers = {"Content-Type": "application/json"}
+        if settings.sglang_api_key:
+            headers["Authorization"] = f"Bearer {settings.sglang_api_key}"
+        pool = settings.worker_concurrency + 4
+        self._http = httpx.Client(
+            base_url=base_url or settings.sglang_url,
+            headers=headers,
+            timeout=httpx.Timeout(settings.sglang_timeout_s, connect=settings.sglang_connect_timeout_s),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        )
+        self._info: ModelInfo | None = None
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def build_body(self, request: InferenceRequest) -> dict[str, Any]:
+        s = self._settings
+        body: dict[str, Any] = {
+            "model": "default",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": request.image.data_uri()}},
+                        {"type": "text", "text": request.policy_text},
+                    ],
+                }
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "llavaguard_verdict",
+                    "schema": verdict_json_schema(with_rationale=request.with_rationale),
+                    "strict": True,
+                },
+            },
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "max_tokens": s.max_new_tokens,
+            "rid": request.rid,
+        }
+        if request.want_score:
+            body["logprobs"] = True
+            body["top_logprobs"] = 5
+        return body
+
+    def infer(self, request: InferenceRequest) -> InferenceResult:
+        attempts = self._settings.invalid_output_retries + 1
+        for attempt in range(1, attempts + 1):
+            rid = request.rid if attempt == 1 else f"{request.rid}.r{attempt}"
+            payload = self._post(self.build_body(request) | {"rid": rid})
+            try:
+                return self._result(payload, request)
+            except InvalidModelOutput as exc:
+                log.warning("invalid_model_output", rid=rid, attempt=attempt, error=exc.message)
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post("/v1/chat/completions", json=body)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"SGLang did not answer within {self._settings.sglang_timeout_s:g}s ({type(exc).__name__})",
+                code=ErrorCode.INFERENCE_TIMEOUT,
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"SGLang at {self.base_url} unreachable: {exc!r}", code=ErrorCode.INFERENCE_UNAVAILABLE
+            ) from None
+        status = response.status_code
+        if status == 200:
+            try:
+                data: dict[str, Any] = response.json()
+            except ValueError:
+                raise InvalidModelOutput(f"SGLang answered 200 with a non-JSON body: {response.text[:120]!r}") from None
+            return data
+        detail = response.text[:300]
+        if status in {408, 429} or status >= 500:
+            retry_after = response.headers.get("retry-after")
+            raise TransientError(
+                f"SGLang answered {status}: {detail}",
+                code=ErrorCode.INFERENCE_UNAVAILABLE,
+                retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
+        raise PermanentError(f"SGLang rejected the request ({status}): {detail}", code=ErrorCode.INFERENCE_REJECTED)
+
+    def _result(self, payload: dict[str, Any], request: InferenceRequest) -> InferenceResult:
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise InvalidModelOutput(f"SGLang response has no choices[0].message.content: {str(payload)[:160]}") from None
+        finish = choice.get("finish_reason")
+        if finish == "abort":
+            raise TransientError("SGLang aborted the request", code=ErrorCode.INFERENCE_UNAVAILABLE)
+        if finish == "length":
+            raise InvalidModelOutput(
+                f"model output hit max_tokens={self._settings.max_new_tokens} before the verdict closed"
+            )
+        score = None
+        if request.want_score:
+            content = (choice.get("logprobs") or {}).get("content") or []
+            score = unsafe_probability(rating_candidates(content))
+        verdict = parse_verdict(text, with_rationale=request.with_rationale, unsafe_score=score)
+        usage = payload.get("usage") or {}
+        return InferenceResult(
+            verdict=verdict,
+            raw_text=text,
+            finish_reason=finish,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+        )
+
+    def describe(self) -> ModelInfo:
+        """Model facts from ``/model_info`` (``/get_model_info`` on older SGLang), fetched once."""
+        if self._info is None:
+            info: dict[str, Any] = {}
+            for path in ("/model_info", "/get_model_info"):
+                try:
+                    response = self._http.get(path, timeout=5.0)
+                except httpx.HTTPError:
+                    break
+                if response.status_code == 200:
+                    info = response.json()
+                    break
+            described = ModelInfo(
+                name=self._model.name,
+                prompt_version=self._model.prompt_version,
+                backend="sglang",
+                served_model=info.get("model_path"),
+                simulated=bool(info.get("guardq_simulated", False)),
+            )
+            if not info:
+                return described  # server not answering yet: ask again next time
+            self._info = described
+        return self._info
+
+    def ready(self) -> bool:
+        """True when the server can take requests: ``/ready`` (SGLang ≥0.5), else ``/health``."""
+        try:
+            response = self._http.get("/ready", timeout=5.0)
+            if response.status_code == 404:
+                response = self._http.get("/health", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200

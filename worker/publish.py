@@ -1,0 +1,67 @@
+"""Publish a job's one terminal event to the Redis Stream, guarded so a redelivered job never adds a second.
+
+A Lua script makes "check the guard, XADD, set the guard, record the job state" one atomic step: whichever
+delivery of a job gets there first publishes, every later one sees the guard and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from schemas.events import STREAM_FIELD, CloudEvent
+from schemas.keys import VERDICT_STREAM, job_key, terminal_guard_key
+
+_PUBLISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[3], 'duplicate_deliveries', 1)
+  return false
+end
+local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
+redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
+redis.call('HSET', KEYS[3], 'state', ARGV[4], 'event', ARGV[1], 'stream_id', sid, 'updated_at', ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return sid
+"""
+
+_MARK_RUNNING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', ARGV[2], 'worker', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+
+class Publisher:
+    """Writes terminal events and job state; one instance (one Redis pool) per worker process."""
+
+    def __init__(self, client: redis.Redis, *, stream_maxlen: int, job_ttl_s: int, stream: str = VERDICT_STREAM) -> None:
+        self._redis = client
+        self._stream = stream
+        self._maxlen = stream_maxlen
+        self._ttl = job_ttl_s
+        self._publish = client.register_script(_PUBLISH)
+        self._mark_running = client.register_script(_MARK_RUNNING)
+
+    def is_terminal(self, job_id: str) -> bool:
+        return bool(self._redis.exists(terminal_guard_key(job_id)))
+
+    def note_duplicate(self, job_id: str) -> None:
+        """Count a delivery of a job that had already ended (visible in ``guardq status``)."""
+        self._redis.hincrby(job_key(job_id), "duplicate_deliveries", 1)
+
+    def mark_running(self, job_id: str, attempt: int, worker: str) -> bool:
+        """Record that ``attempt`` started; False when the job already ended."""
+        keys = [terminal_guard_key(job_id), job_key(job_id)]
+        return bool(self._mark_running(keys=keys, args=[attempt, time.time(), worker, self._ttl]))
+
+    def publish(self, event: CloudEvent) -> str | None:
+        """XADD the event unless the job already has a terminal event; return the stream id or None."""
+        job_id = event.data.job_id
+        state = "completed" if event.completed else "failed"
+        keys = [terminal_guard_key(job_id), self._stream, job_key(job_id)]
+        args: list[Any] = [event.to_json(), self._maxlen, self._ttl, state, STREAM_FIELD, time.time()]
+        sid = self._publish(keys=keys, args=args)
+        return sid.decode() if isinstance(sid, bytes) else sid

@@ -1,0 +1,94 @@
+"""Per-process state of a worker: settings, Redis, the image source, the inference backend, the publisher.
+
+Created once, lazily, on first use by any worker thread (the threads pool has no per-child init signal) and
+closed at worker shutdown. Tasks never build clients of their own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass
+
+import redis
+
+from schemas.models import ModelSpec, get_model
+from schemas.settings import Settings, load_settings
+from worker.inference.base import InferenceBackend
+from worker.pipeline import Moderator
+from worker.policies import PolicyResolver
+from worker.publish import Publisher
+from worker.sources import ImageSource
+
+
+def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
+    """The inference backend named by ``GUARDQ_BACKEND``."""
+    if settings.backend == "transformers":
+        from worker.inference.local import TransformersBackend  # noqa: PLC0415 - optional heavy dependency
+
+        return TransformersBackend(settings, model)
+    from worker.inference.sglang import SGLangBackend  # noqa: PLC0415
+
+    return SGLangBackend(settings, model)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model: ModelSpec
+    redis: redis.Redis
+    publisher: Publisher
+    source: ImageSource
+    backend: InferenceBackend
+    moderator: Moderator
+    hostname: str
+
+    @classmethod
+    def build(cls, settings: Settings, *, hostname: str | None = None) -> Runtime:
+        model = get_model(settings.model)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            max_connections=settings.worker_concurrency + 8,
+            socket_timeout=30,
+            socket_connect_timeout=5,
+            health_check_interval=25,
+            retry_on_timeout=True,
+        )
+        source = ImageSource(settings)
+        backend = make_backend(settings, model)
+        return cls(
+            settings=settings,
+            model=model,
+            redis=client,
+            publisher=Publisher(client, stream_maxlen=settings.stream_maxlen, job_ttl_s=settings.job_ttl_s),
+            source=source,
+            backend=backend,
+            moderator=Moderator(settings, model, source, backend, PolicyResolver(client)),
+            hostname=hostname or socket.gethostname(),
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+        self.source.close()
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    global _runtime  # noqa: PLW0603 - one runtime per process by design
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = Runtime.build(load_settings())
+    return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime  # noqa: PLW0603
+    with _lock:
+        if _runtime is not None:
+            _runtime.close()
+            _runtime = None

@@ -1,0 +1,74 @@
+"""Fetch objects from any S3-compatible store with one boto3 client per worker process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from schemas.errors import ErrorCode, PermanentError, TransientError
+from schemas.settings import Settings
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_TOO_LARGE_CODES = {"InvalidRange"}
+
+
+def make_s3_client(settings: Settings, *, max_pool: int = 64) -> Any:
+    """A boto3 S3 client for the configured endpoint (standard AWS_* credentials)."""
+    config = Config(
+        region_name=settings.s3_region,
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=settings.fetch_connect_timeout_s,
+        read_timeout=settings.fetch_timeout_s,
+        max_pool_connections=max_pool,
+        s3={"addressing_style": settings.s3_addressing_style},
+    )
+    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
+
+
+def map_client_error(exc: ClientError, where: str) -> Exception:
+    """Translate a botocore error into guardq's permanent/transient tree."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _NOT_FOUND or status == 404:
+        return PermanentError(f"{where} does not exist", code=ErrorCode.NOT_FOUND)
+    if code in _DENIED or status == 403:
+        return PermanentError(f"access to {where} denied ({code})", code=ErrorCode.ACCESS_DENIED)
+    if status == 429 or status >= 500 or code in {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}:
+        return TransientError(f"S3 error on {where}: {code or status}", code=ErrorCode.FETCH_FAILED)
+    return PermanentError(f"S3 error on {where}: {code or status}", code=ErrorCode.FETCH_FAILED)
+
+
+class S3Fetcher:
+    """Reads whole objects, refusing any larger than ``max_bytes`` before downloading them."""
+
+    def __init__(self, client: Any, *, max_bytes: int) -> None:
+        self._client = client
+        self._max_bytes = max_bytes
+
+    def fetch(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
+        where = f"s3://{bucket}/{key}"
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id
+        try:
+            response = self._client.get_object(**params)
+            size = int(response.get("ContentLength") or 0)
+            body = response["Body"]
+            if size > self._max_bytes:
+                body.close()
+                raise PermanentError(
+                    f"{where} is {size:,} bytes; the limit is {self._max_bytes:,}", code=ErrorCode.TOO_LARGE
+                )
+            data: bytes = body.read(self._max_bytes + 1)
+            body.close()
+        except ClientError as exc:
+            raise map_client_error(exc, where) from None
+        except BotoCoreError as exc:
+            raise TransientError(f"S3 unreachable for {where}: {exc}", code=ErrorCode.FETCH_FAILED) from None
+        if len(data) > self._max_bytes:
+            raise PermanentError(f"{where} exceeds the {self._max_bytes:,}-byte limit", code=ErrorCode.TOO_LARGE)
+        return data

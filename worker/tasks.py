@@ -1,0 +1,93 @@
+"""The ``guardq.moderate`` task: run the pipeline, retry transient failures, always end in one event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Task
+from celery.exceptions import Reject
+from redis.exceptions import RedisError
+
+from schemas.errors import GuardqError
+from schemas.events import CloudEvent
+from schemas.keys import TASK_MODERATE
+from worker.app import app
+from worker.eventbuild import failed_event
+from worker.pipeline import Progress, parse_job
+from worker.retry import backoff_s, should_retry
+from worker.runtime import Runtime, get_runtime
+
+log = structlog.get_logger("guardq.worker")
+
+
+def _job_id(message: Any, task_id: str) -> str:
+    if isinstance(message, dict) and isinstance(message.get("job_id"), str) and message["job_id"]:
+        return str(message["job_id"])[:128]
+    return task_id
+
+
+@app.task(name=TASK_MODERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def moderate(self: Task, job: Any) -> None:
+    """Moderate one job; the job ends in exactly one completed or failed event on ``guardq:verdicts``.
+
+    Redis trouble (the broker itself) requeues the message rather than dropping it: if Redis is down the
+    message stays unacknowledged and is redelivered after the visibility timeout.
+    """
+    rt = get_runtime()
+    retries = int(self.request.retries or 0)
+    job_id = _job_id(job, str(self.request.id))
+    structlog.contextvars.bind_contextvars(job_id=job_id, attempt=retries + 1, model=rt.model.slug)
+    try:
+        if rt.publisher.is_terminal(job_id):
+            rt.publisher.note_duplicate(job_id)
+            log.info("job_already_finished")
+            return
+        rt.publisher.mark_running(job_id, retries + 1, str(self.request.hostname or rt.hostname))
+        event = _run(self, rt, job, job_id, retries)
+        sid = rt.publisher.publish(event)
+        log.info(
+            "job_finished",
+            type=event.type.value,
+            stream_id=sid,
+            duplicate=sid is None,
+            code=event.data.error.code.value if event.data.error else None,
+            rating=event.data.verdict.rating if event.data.verdict else None,
+        )
+    except RedisError as exc:
+        log.error("redis_unavailable", error=repr(exc))
+        raise Reject(exc, requeue=True) from None
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int) -> CloudEvent:
+    """Return the job's terminal event, or raise Celery's Retry for a transient failure with retries left."""
+    progress = Progress()
+    try:
+        parsed = parse_job(message)
+        structlog.contextvars.bind_contextvars(tenant=parsed.tenant)
+        return rt.moderator.run(parsed, attempt=retries + 1, progress=progress)
+    except RedisError:
+        raise
+    except GuardqError as exc:
+        if should_retry(exc, retries, rt.settings):
+            delay = backoff_s(retries, rt.settings, retry_after=getattr(exc, "retry_after", None))
+            log.warning("job_retry", code=exc.code.value, error=exc.message, delay_s=delay)
+            raise task.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
+        error: Exception = exc
+    except Exception as exc:  # a bug must still end the job, loudly
+        log.exception("job_internal_error")
+        error = exc
+    return failed_event(
+        source=rt.settings.event_source,
+        job_id=job_id,
+        error=error,
+        attempts=retries + 1,
+        job=progress.job,
+        raw=message if isinstance(message, dict) else None,
+        image=progress.image,
+        policy=progress.policy,
+        model=progress.model,
+        timings=progress.timings,
+    )
