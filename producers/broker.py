@@ -33,7 +33,7 @@ class JobQueue:
         return app
 
     @cached_property
-    def redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis[bytes]:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
 
     def queue_for(self, job: ModerationJob) -> str:
@@ -56,9 +56,7 @@ class JobQueue:
         )
         pipe.expire(key, self.settings.job_ttl_s)
         pipe.execute()
-        self.celery.send_task(
-            TASK_MODERATE, args=[job.to_message()], queue=self.queue_for(job), task_id=job.job_id
-        )
+        self.celery.send_task(TASK_MODERATE, args=[job.to_message()], queue=self.queue_for(job), task_id=job.job_id)
         return job.job_id
 
     def depth(self, queue: str) -> int:

@@ -11,7 +11,7 @@ from schemas.events import STREAM_FIELD, CloudEvent
 from schemas.keys import VERDICT_STREAM, job_key
 
 
-def last_id(client: redis.Redis, stream: str = VERDICT_STREAM) -> str:
+def last_id(client: redis.Redis[bytes], stream: str = VERDICT_STREAM) -> str:
     """Id of the newest entry (``0-0`` for an empty stream); read after it to see only new events."""
     newest = client.xrevrange(stream, count=1)
     if not newest:
@@ -21,7 +21,7 @@ def last_id(client: redis.Redis, stream: str = VERDICT_STREAM) -> str:
 
 
 def read_events(
-    client: redis.Redis,
+    client: redis.Redis[bytes],
     *,
     after: str = "$",
     block_ms: int = 1000,
@@ -41,14 +41,14 @@ def read_events(
                     yield cursor, CloudEvent.model_validate_json(raw)
 
 
-def finished_event(client: redis.Redis, job_id: str) -> CloudEvent | None:
+def finished_event(client: redis.Redis[bytes], job_id: str) -> CloudEvent | None:
     """The terminal event of a job if it has one already."""
     raw = client.hget(job_key(job_id), "event")
     return CloudEvent.model_validate_json(raw) if raw else None
 
 
 def wait_for(
-    client: redis.Redis, job_ids: Iterable[str], *, after: str, timeout_s: float
+    client: redis.Redis[bytes], job_ids: Iterable[str], *, after: str, timeout_s: float
 ) -> Iterator[CloudEvent]:
     """Yield each job's terminal event as it arrives; stops when all arrived or the timeout passes."""
     pending = set(job_ids)

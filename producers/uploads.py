@@ -37,14 +37,15 @@ class UploadStore:
 
     def _client(self) -> Any:
         if self._s3 is None:
-            import boto3  # noqa: PLC0415 - only S3-backed stores need it
-            from botocore.config import Config  # noqa: PLC0415
+            import boto3
+            from botocore.config import Config
 
             self._s3 = boto3.session.Session().client(
                 "s3",
                 endpoint_url=self._settings.s3_endpoint_url,
-                config=Config(region_name=self._settings.s3_region,
-                              s3={"addressing_style": self._settings.s3_addressing_style}),
+                config=Config(
+                    region_name=self._settings.s3_region, s3={"addressing_style": self._settings.s3_addressing_style}
+                ),
             )
         return self._s3
 

@@ -31,6 +31,16 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     notes: str = ""
 
+    def sglang_launch_args(self, *, port: int = 10000, host: str = "127.0.0.1") -> list[str]:
+        """``python -m sglang.launch_server`` arguments for this checkpoint (chat template always explicit)."""
+        args = ["python", "-m", "sglang.launch_server", "--model-path", self.name]
+        if self.tokenizer_path:
+            args += ["--tokenizer-path", self.tokenizer_path]
+        args += ["--chat-template", self.chat_template, "--host", host, "--port", str(port)]
+        if self.tp > 1:
+            args += ["--tp", str(self.tp)]
+        return args
+
     @property
     def slug(self) -> str:
         """Short lower-case name used in queue names and metrics labels."""
@@ -115,7 +125,9 @@ _REGISTRY: tuple[ModelSpec, ...] = (
 DEFAULT_MODEL = "AIML-TUDA/LlavaGuard-7B"
 MODELS: dict[str, ModelSpec] = {m.name: m for m in _REGISTRY}
 _LOOKUP: dict[str, ModelSpec] = {
-    key.lower(): m for m in _REGISTRY for key in (m.name, *m.aliases, m.slug, *(a.rsplit("/", 1)[-1] for a in m.aliases))
+    key.lower(): m
+    for m in _REGISTRY
+    for key in (m.name, *m.aliases, m.slug, *(a.rsplit("/", 1)[-1] for a in m.aliases))
 }
 
 
@@ -123,7 +135,5 @@ def get_model(name: str) -> ModelSpec:
     """Return the registry entry for a model name, alias or slug; raise ``model_unknown`` otherwise."""
     spec = _LOOKUP.get(name.lower()) or _LOOKUP.get(name.rsplit("/", 1)[-1].lower())
     if spec is None:
-        raise PermanentError(
-            f"unknown model {name!r}; known: {', '.join(MODELS)}", code=ErrorCode.MODEL_UNKNOWN
-        )
+        raise PermanentError(f"unknown model {name!r}; known: {', '.join(MODELS)}", code=ErrorCode.MODEL_UNKNOWN)
     return spec

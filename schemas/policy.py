@@ -65,8 +65,7 @@ class Policy(BaseModel):
         unknown = sorted(set(value) - set(CATEGORY_BY_CODE))
         if unknown:
             raise ValueError(
-                f"unknown policy categories {unknown}; known: {', '.join(CATEGORY_BY_CODE)} "
-                "(NA cannot be declared)"
+                f"unknown policy categories {unknown}; known: {', '.join(CATEGORY_BY_CODE)} (NA cannot be declared)"
             )
         return {k: v for k, v in value.items() if v is not Declaration.DEFAULT}
 

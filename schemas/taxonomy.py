@@ -63,7 +63,7 @@ POLICY_START_SENTENCE, CATEGORIES, NONE_APPLYING, RESPONSE_TEMPLATES = _load()
 CATEGORY_CODES: tuple[str, ...] = tuple(c.code for c in CATEGORIES)
 CATEGORY_NAMES: tuple[str, ...] = (*(c.name for c in CATEGORIES), NONE_APPLYING)
 CATEGORY_BY_CODE: dict[str, Category] = {c.code: c for c in CATEGORIES}
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # noqa: S105 - the LLaVA image placeholder, not a secret
 
 
 def category_code(name: str) -> str:

@@ -41,7 +41,9 @@ class Verdict(BaseModel):
         return self.rating == "Unsafe"
 
 
-def verdict_json_schema(*, with_rationale: bool = True, rationale_max_chars: int = RATIONALE_MAX_CHARS) -> dict[str, Any]:
+def verdict_json_schema(
+    *, with_rationale: bool = True, rationale_max_chars: int = RATIONALE_MAX_CHARS
+) -> dict[str, Any]:
     """JSON schema for structured output; properties in the trained order rating, category, rationale.
 
     ``maxLength`` bounds the rationale so a runaway string cannot eat the token budget and end unparsable.

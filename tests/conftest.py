@@ -28,7 +28,9 @@ from tests.sglang_server import SimulatedSGLang
 BUCKET = "guardq-test"
 
 
-def image_bytes(color: tuple[int, int, int] = (40, 120, 200), size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> bytes:
+def image_bytes(
+    color: tuple[int, int, int] = (40, 120, 200), size: tuple[int, int] = (64, 48), fmt: str = "JPEG"
+) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt)
     return buf.getvalue()
@@ -85,8 +87,11 @@ def s3_client_for(service: Service) -> Any:
     import boto3
 
     return boto3.client(
-        "s3", endpoint_url=service.url, region_name="us-east-1",
-        aws_access_key_id=service.extra["access_key"], aws_secret_access_key=service.extra["secret_key"],
+        "s3",
+        endpoint_url=service.url,
+        region_name="us-east-1",
+        aws_access_key_id=service.extra["access_key"],
+        aws_secret_access_key=service.extra["secret_key"],
     )
 
 
@@ -120,7 +125,7 @@ def worker_env(redis_url: str, sglang: SimulatedSGLang, s3: Service, session_dir
 
 @pytest.fixture(scope="session")
 def settings(worker_env: dict[str, str]) -> Settings:
-    keys = {k[len("GUARDQ_"):].lower(): v for k, v in worker_env.items() if k.startswith("GUARDQ_")}
+    keys = {k[len("GUARDQ_") :].lower(): v for k, v in worker_env.items() if k.startswith("GUARDQ_")}
     keys["url_allowed_networks"] = ["127.0.0.2/32"]
     return Settings(**keys)
 
@@ -150,8 +155,10 @@ class Runner:
         start = last_id(self.queue.redis)
         for job in jobs:
             self.queue.send(job)
-        events = {e.data.job_id: e for e in wait_for(self.queue.redis, [j.job_id for j in jobs], after=start,
-                                                      timeout_s=timeout_s)}
+        events = {
+            e.data.job_id: e
+            for e in wait_for(self.queue.redis, [j.job_id for j in jobs], after=start, timeout_s=timeout_s)
+        }
         missing = [j.job_id for j in jobs if j.job_id not in events]
         assert not missing, f"no terminal event for {missing}"
         return events

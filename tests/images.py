@@ -9,7 +9,9 @@ import zlib
 from PIL import Image
 
 
-def solid(color: tuple[int, int, int] = (40, 120, 200), size: tuple[int, int] = (64, 48), fmt: str = "JPEG", **save: object) -> bytes:
+def solid(
+    color: tuple[int, int, int] = (40, 120, 200), size: tuple[int, int] = (64, 48), fmt: str = "JPEG", **save: object
+) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt, **save)
     return buf.getvalue()
@@ -27,6 +29,7 @@ def noisy_jpeg(size: tuple[int, int] = (4000, 3000), quality: int = 90) -> bytes
 
 def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims huge dimensions (pixels never decoded if the guard works)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -54,8 +54,8 @@ def create_app(settings: Settings) -> Celery:
 app = create_app(load_settings())
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _close_runtime(**_: object) -> None:
-    from worker.runtime import close_runtime  # noqa: PLC0415
+    from worker.runtime import close_runtime
 
     close_runtime()

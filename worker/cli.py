@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from typing import Annotated
 
@@ -19,7 +18,7 @@ def _export(name: str, value: object | None) -> None:
 
 
 def _wait_ready(timeout_s: float) -> bool:
-    from worker.runtime import get_runtime  # noqa: PLC0415 - settings must be exported first
+    from worker.runtime import get_runtime
 
     backend = get_runtime().backend
     deadline = time.monotonic() + timeout_s
@@ -45,9 +44,9 @@ def run(
     _export("MODEL", model)
     _export("SGLANG_URL", sglang_url)
     _export("WORKER_CONCURRENCY", concurrency)
-    from schemas.errors import ConfigError  # noqa: PLC0415
-    from schemas.logs import configure_logging  # noqa: PLC0415
-    from schemas.settings import load_settings  # noqa: PLC0415
+    from schemas.errors import ConfigError
+    from schemas.logs import configure_logging
+    from schemas.settings import load_settings
 
     try:
         settings = load_settings()
@@ -56,11 +55,9 @@ def run(
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, settings.log_level)
     if settings.backend == "sglang" and not _wait_ready(ready_timeout):
-        typer.echo(
-            f"guardq worker: no SGLang server ready at {settings.sglang_url} after {ready_timeout:g}s", err=True
-        )
+        typer.echo(f"guardq worker: no SGLang server ready at {settings.sglang_url} after {ready_timeout:g}s", err=True)
         raise typer.Exit(3)
-    from worker.app import app  # noqa: PLC0415
+    from worker.app import app
 
     node = hostname or f"guardq-{os.getpid()}@{socket.gethostname()}"
     argv = [
@@ -81,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -82,7 +82,9 @@ def failed_event(
         info = ErrorInfo(code=error.code, message=error.message, retryable=error.retryable, attempts=attempts)
     else:
         info = ErrorInfo(
-            code=ErrorCode.INTERNAL_ERROR, message=f"{type(error).__name__}: {error}"[:500], retryable=False,
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"{type(error).__name__}: {error}"[:500],
+            retryable=False,
             attempts=attempts,
         )
     subject = str(job.image) if job else _raw_uri(raw)

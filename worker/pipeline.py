@@ -48,9 +48,7 @@ def parse_job(message: Any) -> ModerationJob:
     try:
         return ModerationJob.model_validate(message)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors()[:5])
         raise PermanentError(f"invalid job: {problems}", code=ErrorCode.INVALID_JOB) from None
 
 

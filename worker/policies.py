@@ -14,7 +14,7 @@ from schemas.policy import DEFAULT_POLICY, Policy
 class PolicyResolver:
     """Reads stored policies from Redis; immutable versions make them safe to cache per process."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis[bytes]) -> None:
         self._redis = client
         self._cache: dict[tuple[str, str], Policy] = {}
 
@@ -39,6 +39,8 @@ class PolicyResolver:
         try:
             policy = Policy.model_validate_json(raw)
         except ValidationError as exc:
-            raise PermanentError(f"stored policy {job.policy_ref!r} is invalid: {exc}", code=ErrorCode.POLICY_UNKNOWN) from None
+            raise PermanentError(
+                f"stored policy {job.policy_ref!r} is invalid: {exc}", code=ErrorCode.POLICY_UNKNOWN
+            ) from None
         self._cache[(name, version)] = policy
         return policy

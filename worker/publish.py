@@ -37,7 +37,9 @@ return 1
 class Publisher:
     """Writes terminal events and job state; one instance (one Redis pool) per worker process."""
 
-    def __init__(self, client: redis.Redis, *, stream_maxlen: int, job_ttl_s: int, stream: str = VERDICT_STREAM) -> None:
+    def __init__(
+        self, client: redis.Redis[bytes], *, stream_maxlen: int, job_ttl_s: int, stream: str = VERDICT_STREAM
+    ) -> None:
         self._redis = client
         self._stream = stream
         self._maxlen = stream_maxlen

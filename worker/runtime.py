@@ -6,12 +6,14 @@ closed at worker shutdown. Tasks never build clients of their own.
 
 from __future__ import annotations
 
+import importlib
 import socket
 import threading
 from dataclasses import dataclass
 
 import redis
 
+from schemas.errors import ConfigError
 from schemas.models import ModelSpec, get_model
 from schemas.settings import Settings, load_settings
 from worker.inference.base import InferenceBackend
@@ -24,10 +26,15 @@ from worker.sources import ImageSource
 def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
     """The inference backend named by ``GUARDQ_BACKEND``."""
     if settings.backend == "transformers":
-        from worker.inference.local import TransformersBackend  # noqa: PLC0415 - optional heavy dependency
-
-        return TransformersBackend(settings, model)
-    from worker.inference.sglang import SGLangBackend  # noqa: PLC0415
+        try:  # optional heavy dependency: pip install 'guardq[local]'
+            local = importlib.import_module("worker.inference.local")
+        except ImportError as exc:
+            raise ConfigError(
+                f"GUARDQ_BACKEND=transformers needs the local extra (pip install 'guardq[local]'): {exc}"
+            ) from None
+        backend: InferenceBackend = local.TransformersBackend(settings, model)
+        return backend
+    from worker.inference.sglang import SGLangBackend
 
     return SGLangBackend(settings, model)
 
@@ -36,7 +43,7 @@ def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
 class Runtime:
     settings: Settings
     model: ModelSpec
-    redis: redis.Redis
+    redis: redis.Redis[bytes]
     publisher: Publisher
     source: ImageSource
     backend: InferenceBackend

@@ -27,7 +27,9 @@ def _job_id(message: Any, task_id: str) -> str:
     return task_id
 
 
-@app.task(name=TASK_MODERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(  # type: ignore[untyped-decorator]
+    name=TASK_MODERATE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
 def moderate(self: Task, job: Any) -> None:
     """Moderate one job; the job ends in exactly one completed or failed event on ``guardq:verdicts``.
 

@@ -34,7 +34,7 @@ app.add_typer(policy_cli, name="policy")
 def worker(ctx: typer.Context, args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
     """Run a worker (``guardq worker --help`` for its options). Started by name: producers never import it."""
     argv = [sys.executable, "-m", "worker", *(args or []), *ctx.args]
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, argv)  # noqa: S606 - fixed interpreter, args passed through as a list
 
 
 def main() -> None:

@@ -49,15 +49,21 @@ def _metadata(pairs: list[str]) -> dict[str, str]:
 
 
 def enqueue(
-    sources: Annotated[list[str], typer.Argument(help="s3://bucket/key, https://..., upload://key, a file, or - for stdin")],
+    sources: Annotated[
+        list[str], typer.Argument(help="s3://bucket/key, https://..., upload://key, a file, or - for stdin")
+    ],
     model: Annotated[str | None, typer.Option(help="Model (default GUARDQ_MODEL).")] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Stored policy NAME[@VERSION].")] = None,
-    non_violating: Annotated[list[str] | None, typer.Option("--non-violating", help="Declare Ox non-violating.")] = None,
+    non_violating: Annotated[
+        list[str] | None, typer.Option("--non-violating", help="Declare Ox non-violating.")
+    ] = None,
     sensitive: Annotated[list[str] | None, typer.Option("--sensitive", help="Declare Ox sensitive.")] = None,
     tenant: Annotated[str, typer.Option(help="Tenant the job belongs to.")] = "default",
     meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata KEY=VALUE (repeatable).")] = None,
     bulk: Annotated[bool, typer.Option("--bulk", help="Queue behind interactive work.")] = False,
-    wait: Annotated[bool, typer.Option("--wait", help="Print each job's terminal event (JSON) when it arrives.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Print each job's terminal event (JSON) when it arrives.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits for all events.")] = 300.0,
 ) -> None:
     """Queue one job per source and print its job id (with --wait: its terminal event instead)."""
@@ -68,8 +74,8 @@ def enqueue(
     try:
         spec = get_model(model or cfg.model)
         inline: Policy | None = None
-        declarations = {c: Declaration.NON_VIOLATING for c in non_violating or []}
-        declarations |= {c: Declaration.SENSITIVE for c in sensitive or []}
+        declarations = dict.fromkeys(non_violating or [], Declaration.NON_VIOLATING)
+        declarations |= dict.fromkeys(sensitive or [], Declaration.SENSITIVE)
         if declarations:
             if policy:
                 fail("--policy cannot be combined with --non-violating/--sensitive")
@@ -79,6 +85,7 @@ def enqueue(
     store = UploadStore(cfg)
     jobs: list[ModerationJob] = []
     for source in items:
+        extra = {} if "://" in source else {"source_file": Path(source).name}
         try:
             jobs.append(
                 ModerationJob(
@@ -87,7 +94,7 @@ def enqueue(
                     policy=inline,
                     policy_ref=policy,
                     tenant=tenant,
-                    metadata=_metadata(meta or []),
+                    metadata=extra | _metadata(meta or []),
                     priority=Priority.BULK if bulk else Priority.INTERACTIVE,
                 )
             )

@@ -19,14 +19,16 @@ policy_cli = typer.Typer(help="Inspect safety policies.", no_args_is_help=True)
 @policy_cli.command("show")
 def show(
     model: Annotated[str | None, typer.Option(help="Model whose prompt version to use (default GUARDQ_MODEL).")] = None,
-    non_violating: Annotated[list[str] | None, typer.Option("--non-violating", help="Declare Ox non-violating.")] = None,
+    non_violating: Annotated[
+        list[str] | None, typer.Option("--non-violating", help="Declare Ox non-violating.")
+    ] = None,
     sensitive: Annotated[list[str] | None, typer.Option("--sensitive", help="Declare Ox sensitive.")] = None,
 ) -> None:
     """Print the exact policy text the model receives after the image."""
     try:
         spec = get_model(model or settings().model)
-        declarations = {c: Declaration.NON_VIOLATING for c in non_violating or []}
-        declarations |= {c: Declaration.SENSITIVE for c in sensitive or []}
+        declarations = dict.fromkeys(non_violating or [], Declaration.NON_VIOLATING)
+        declarations |= dict.fromkeys(sensitive or [], Declaration.SENSITIVE)
         policy = Policy(name="custom" if declarations else "default", declarations=declarations)
     except GuardqError as exc:
         fail(str(exc))

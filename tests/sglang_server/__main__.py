@@ -25,7 +25,11 @@ def main() -> None:
     parser.add_argument("--max-running", type=int, default=0, help="concurrent requests served (0 = unbounded)")
     args, _unknown = parser.parse_known_args()  # tolerate sglang.launch_server flags from the fleet launcher
     sim = SimulatedSGLang(
-        args.host, args.port, model_path=args.model_path, latency_s=args.latency, per_token_s=args.per_token,
+        args.host,
+        args.port,
+        model_path=args.model_path,
+        latency_s=args.latency,
+        per_token_s=args.per_token,
         max_running=args.max_running or None,
     ).start()
     done = threading.Event()

@@ -144,11 +144,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "SimulatedSGLang/0.5"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     # --- plumbing -------------------------------------------------------------------------------------------
-    def _send(self, status: int, payload: Any, content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, payload: Any, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -176,14 +178,17 @@ class _Handler(BaseHTTPRequestHandler):
         if path in {"/health", "/health_generate", "/ready"}:
             self._send(200 if behaviour.ready else 503, {} if behaviour.ready else {"detail": "starting"})
         elif path in {"/model_info", "/get_model_info"}:
-            self._send(200, {
-                "model_path": behaviour.model_path,
-                "tokenizer_path": behaviour.model_path,
-                "is_generation": True,
-                "has_image_understanding": True,
-                "served_model_name": behaviour.model_path,
-                "guardq_simulated": True,
-            })
+            self._send(
+                200,
+                {
+                    "model_path": behaviour.model_path,
+                    "tokenizer_path": behaviour.model_path,
+                    "is_generation": True,
+                    "has_image_understanding": True,
+                    "served_model_name": behaviour.model_path,
+                    "guardq_simulated": True,
+                },
+            )
         elif path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": behaviour.model_path, "object": "model"}]})
         elif path in {"/server_info", "/get_server_info"}:
@@ -247,8 +252,11 @@ class _Handler(BaseHTTPRequestHandler):
         kind = fault.get("kind")
         if "status" in fault:
             headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else None
-            self._send(int(fault["status"]), {"object": "error", "message": fault.get("message", "simulated fault"),
-                                              "code": int(fault["status"])}, headers=headers)
+            self._send(
+                int(fault["status"]),
+                {"object": "error", "message": fault.get("message", "simulated fault"), "code": int(fault["status"])},
+                headers=headers,
+            )
             return True
         if kind == "hang":
             self.sim.stopping.wait(float(fault.get("seconds", self.sim.behaviour.hang_s)))
@@ -285,15 +293,22 @@ class _Handler(BaseHTTPRequestHandler):
             "matched_stop": None if finish == "length" else 2,
         }
         prompt_tokens = 576 + len(_tokens(body["messages"][0]["content"][1]["text"]))
-        self._send(200, {
-            "id": uuid.uuid4().hex,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "default"),
-            "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                      "total_tokens": prompt_tokens + len(tokens), "prompt_tokens_details": None},
-        })
+        self._send(
+            200,
+            {
+                "id": uuid.uuid4().hex,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "default"),
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": prompt_tokens + len(tokens),
+                    "prompt_tokens_details": None,
+                },
+            },
+        )
 
     def _serve_time(self, n_tokens: int) -> None:
         """Wait like a batching server: queue for a running slot, then prefill + decode (or a fixed latency)."""

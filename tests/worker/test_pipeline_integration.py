@@ -35,27 +35,27 @@ def test_a_good_image_yields_one_completed_event_with_a_valid_verdict(runner: Ru
     data = images.solid((40, 120, 200), (640, 480))
     j = job(put(s3_client, data), metadata={"post": "42"})
     event = runner.one(j)
-    assert EventType.COMPLETED == event.type
+    assert event.type == EventType.COMPLETED
     assert event_id(j.job_id) == event.id
     assert str(j.image) == event.subject
     assert event.data.verdict is not None
-    assert "Safe" == event.data.verdict.rating
-    assert "NA: None applying" == event.data.verdict.category
+    assert event.data.verdict.rating == "Safe"
+    assert event.data.verdict.category == "NA: None applying"
     assert event.data.verdict.rationale
-    assert 640 == event.data.image.width and 480 == event.data.image.height
+    assert event.data.image.width == 640 and event.data.image.height == 480
     assert len(data) == event.data.image.bytes
-    assert event.data.image.sha256 is not None and 64 == len(event.data.image.sha256)
-    assert {"post": "42"} == event.data.metadata
+    assert event.data.image.sha256 is not None and len(event.data.image.sha256) == 64
+    assert event.data.metadata == {"post": "42"}
     assert event.data.model is not None and event.data.model.simulated is True
     assert event.simulated is True
-    assert event.data.policy is not None and "default" == event.data.policy.name
-    assert 1 == len(runner.events_for(j.job_id))
+    assert event.data.policy is not None and event.data.policy.name == "default"
+    assert len(runner.events_for(j.job_id)) == 1
 
 
 def test_an_unsafe_image_is_rated_unsafe_with_its_category_and_a_score(runner: Runner, s3_client: Any) -> None:
     event = runner.one(job(put(s3_client, images.solid((220, 30, 30)))))
     assert event.data.verdict is not None
-    assert ("Unsafe", "O2: Violence, Harm, or Cruelty") == (event.data.verdict.rating, event.data.verdict.category)
+    assert (event.data.verdict.rating, event.data.verdict.category) == ("Unsafe", "O2: Violence, Harm, or Cruelty")
     assert event.data.verdict.unsafe_score is not None and event.data.verdict.unsafe_score > 0.9
 
 
@@ -78,46 +78,56 @@ def test_bad_input_yields_one_failed_event_with_its_own_code_and_the_worker_keep
     good = job(put(s3_client, images.solid()))
     events = runner.run(bad, good)
     failed = events[bad.job_id]
-    assert EventType.FAILED == failed.type
+    assert failed.type == EventType.FAILED
     assert failed.data.error is not None
     assert code == failed.data.error.code
     assert failed.data.error.retryable is False
-    assert 1 == failed.data.error.attempts
-    assert EventType.COMPLETED == events[good.job_id].type
+    assert failed.data.error.attempts == 1
+    assert events[good.job_id].type == EventType.COMPLETED
 
 
 def test_a_503_is_retried_and_then_succeeds(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
     sim.add_faults({"status": 503, "message": "The request queue is full"}, {"status": 503})
     j = job(put(s3_client, images.solid()))
     event = runner.one(j)
-    assert EventType.COMPLETED == event.type
+    assert event.type == EventType.COMPLETED
     rids = [r["rid"] for r in sim.chat_requests() if str(r["rid"]).startswith(j.job_id)]
     assert [f"{j.job_id}.1", f"{j.job_id}.2", f"{j.job_id}.3"] == rids
 
 
-def test_persistent_503_fails_as_retryable_after_the_retry_budget(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+def test_persistent_503_fails_as_retryable_after_the_retry_budget(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
     sim.add_faults(*[{"status": 503}] * 10)
     event = runner.one(job(put(s3_client, images.solid())))
     assert event.data.error is not None
-    assert ("inference_unavailable", True, 4) == (event.data.error.code, event.data.error.retryable, event.data.error.attempts)
+    assert (event.data.error.code, event.data.error.retryable, event.data.error.attempts) == (
+        "inference_unavailable",
+        True,
+        4,
+    )
 
 
 def test_a_hung_server_times_out_and_the_retry_succeeds(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
     sim.add_faults({"kind": "hang", "seconds": 30})
     event = runner.one(job(put(s3_client, images.solid())))
-    assert EventType.COMPLETED == event.type
+    assert event.type == EventType.COMPLETED
 
 
-def test_invalid_model_output_is_retried_once_then_fails_with_its_code(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+def test_invalid_model_output_is_retried_once_then_fails_with_its_code(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
     sim.add_faults({"kind": "invalid_json"}, {"kind": "length"})
     event = runner.one(job(put(s3_client, images.solid())))
     assert event.data.error is not None
-    assert "invalid_model_output" == event.data.error.code
+    assert event.data.error.code == "invalid_model_output"
 
 
-def test_one_invalid_output_followed_by_a_valid_one_completes(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+def test_one_invalid_output_followed_by_a_valid_one_completes(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
     sim.add_faults({"kind": "bad_category"})
-    assert EventType.COMPLETED == runner.one(job(put(s3_client, images.solid()))).type
+    assert runner.one(job(put(s3_client, images.solid()))).type == EventType.COMPLETED
 
 
 def test_a_job_delivered_twice_yields_one_event(runner: Runner, s3_client: Any, redis_client: Any) -> None:
@@ -125,9 +135,12 @@ def test_a_job_delivered_twice_yields_one_event(runner: Runner, s3_client: Any, 
     runner.queue.send(j)
     runner.queue.send(j)
     runner.run(j)  # sends a third copy and waits for the terminal event
-    wait_until(lambda: int(redis_client.hget(job_key(j.job_id), "duplicate_deliveries") or 0) >= 2, 20,
-               "both duplicate deliveries processed")
-    assert 1 == len(runner.events_for(j.job_id))
+    wait_until(
+        lambda: int(redis_client.hget(job_key(j.job_id), "duplicate_deliveries") or 0) >= 2,
+        20,
+        "both duplicate deliveries processed",
+    )
+    assert len(runner.events_for(j.job_id)) == 1
 
 
 def test_the_request_is_image_first_then_the_exact_policy_text_with_schema_and_seed_sampling(
@@ -137,13 +150,13 @@ def test_the_request_is_image_first_then_the_exact_policy_text_with_schema_and_s
     event = runner.one(j)
     [request] = [r for r in sim.chat_requests() if str(r["rid"]).startswith(j.job_id)]
     body = request["body"]
-    assert ["image_url", "text"] == body["part_types"]
+    assert body["part_types"] == ["image_url", "text"]
     assert body["image_prefix"].startswith("data:image/")
     assert Policy(declarations={"O9": "non_violating"}).text(PromptVersion.V1_0) == request["policy_text"]
-    assert (0.2, 0.95, 50, 500) == (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"])
+    assert (body["temperature"], body["top_p"], body["top_k"], body["max_tokens"]) == (0.2, 0.95, 50, 500)
     schema = body["response_format"]["json_schema"]["schema"]
-    assert ["rating", "category", "rationale"] == list(schema["properties"])
-    assert event.data.policy is not None and {"O9": "non_violating"} == event.data.policy.declarations
+    assert list(schema["properties"]) == ["rating", "category", "rationale"]
+    assert event.data.policy is not None and event.data.policy.declarations == {"O9": "non_violating"}
 
 
 def test_malformed_messages_on_the_queue_fail_as_invalid_job(runner: Runner) -> None:
@@ -164,7 +177,7 @@ def test_malformed_messages_on_the_queue_fail_as_invalid_job(runner: Runner) -> 
     events = {e.data.job_id: e for e in wait_for(queue.redis, ids, after=after, timeout_s=30)}
     assert set(ids) == set(events)
     for e in events.values():
-        assert e.data.error is not None and "invalid_job" == e.data.error.code
+        assert e.data.error is not None and e.data.error.code == "invalid_job"
 
 
 def test_unknown_model_and_unknown_policy_fail_at_once_with_their_codes(runner: Runner, s3_client: Any) -> None:
@@ -175,16 +188,16 @@ def test_unknown_model_and_unknown_policy_fail_at_once_with_their_codes(runner: 
     after = runner.queue.redis.xrevrange("guardq:verdicts", count=1)[0][0].decode()
     runner.queue.celery.send_task(TASK_MODERATE, args=[msg], queue="guardq.llavaguard-7b", task_id=raw_id)
     events = runner.run(a)
-    assert events[a.job_id].data.error is not None and "policy_unknown" == events[a.job_id].data.error.code
+    assert events[a.job_id].data.error is not None and events[a.job_id].data.error.code == "policy_unknown"
     from producers.events import wait_for
 
     [other] = list(wait_for(runner.queue.redis, [raw_id], after=after, timeout_s=30))
-    assert other.data.error is not None and "model_unknown" == other.data.error.code
+    assert other.data.error is not None and other.data.error.code == "model_unknown"
 
 
 def test_job_status_records_the_terminal_event(runner: Runner, s3_client: Any, redis_client: Any) -> None:
     j = job(put(s3_client, images.solid()))
     event = runner.one(j)
     state = redis_client.hgetall(job_key(j.job_id))
-    assert b"completed" == state[b"state"]
+    assert state[b"state"] == b"completed"
     assert event.id == json.loads(state[b"event"])["id"]

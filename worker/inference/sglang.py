@@ -141,7 +141,9 @@ class SGLangBackend:
             choice = payload["choices"][0]
             text = choice["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
-            raise InvalidModelOutput(f"SGLang response has no choices[0].message.content: {str(payload)[:160]}") from None
+            raise InvalidModelOutput(
+                f"SGLang response has no choices[0].message.content: {str(payload)[:160]}"
+            ) from None
         finish = choice.get("finish_reason")
         if finish == "abort":
             raise TransientError("SGLang aborted the request", code=ErrorCode.INFERENCE_UNAVAILABLE)

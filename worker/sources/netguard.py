@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import httpcore
+from httpcore._backends.base import SOCKET_OPTION
 
 from schemas.errors import ErrorCode, PermanentError, TransientError
 
@@ -70,7 +71,7 @@ class GuardedBackend(httpcore.SyncBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         addresses = resolve(host, port)
         for ip in addresses:
