@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, GuardqError
 from schemas.models import DEFAULT_MODEL, get_model
 
 ENV_PREFIX = "GUARDQ_"
@@ -95,7 +95,10 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        return get_model(value).name if value else value
+        try:
+            return get_model(value).name
+        except GuardqError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("url_allowed_networks")
     @classmethod

@@ -135,16 +135,16 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int, jpeg_quality: 
     image = _open(data, max_pixels)
     source_format = image.format or "unknown"
     width, height = image.size
-    orientation = image.getexif().get(_ORIENTATION_TAG, 1) if source_format in {"JPEG", "PNG", "WEBP"} else 1
-    orientation = orientation if orientation in _UPRIGHT else 1
-    if orientation in {5, 6, 7, 8}:
-        width, height = height, width  # report the upright size
     needs_resize = max(width, height) > max_side
     if source_format == "JPEG" and needs_resize:
         # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below the requested box.
         scale = max_side / max(width, height)
         image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
-    _load(image)
+    _load(image)  # before getexif(): PNG reads EXIF chunks that follow the pixel data
+    orientation = image.getexif().get(_ORIENTATION_TAG, 1) if source_format in {"JPEG", "PNG", "WEBP"} else 1
+    orientation = orientation if orientation in _UPRIGHT else 1
+    if orientation in {5, 6, 7, 8}:
+        width, height = height, width  # report the upright size
     passthrough = (
         not needs_resize
         and orientation == 1

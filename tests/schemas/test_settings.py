@@ -1,0 +1,47 @@
+"""Settings come from GUARDQ_* variables; a bad value fails at start with one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.errors import ConfigError
+from schemas.settings import Settings, load_settings
+
+
+def test_defaults_match_the_design(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GUARDQ_REDIS_URL", "GUARDQ_SGLANG_URL", "GUARDQ_MODEL"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings()
+    assert ("redis://127.0.0.1:6379/0", "http://127.0.0.1:10000") == (s.redis_url, s.sglang_url)
+    assert "AIML-TUDA/LlavaGuard-7B" == s.model
+    assert (0.2, 0.95, 50, 500) == (s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("GUARDQ_REDIS_URL", "http://nope"),
+        ("GUARDQ_SGLANG_URL", "localhost:10000"),
+        ("GUARDQ_MODEL", "AIML-TUDA/LlavaGuard-999B"),
+        ("GUARDQ_WORKER_CONCURRENCY", "lots"),
+        ("GUARDQ_UPLOAD_STORE", "ftp://x"),
+        ("GUARDQ_URL_ALLOWED_NETWORKS", '["not-a-net"]'),
+    ],
+)
+def test_a_bad_value_is_reported_with_its_variable_name(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert var in message
+    assert "\n" not in message
+
+
+def test_model_aliases_resolve_to_the_registry_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDQ_MODEL", "llavaguard-v1.2-7b-ov")
+    assert "AIML-TUDA/LlavaGuard-v1.2-7B-OV" == load_settings().model
+
+
+def test_producers_and_workers_share_one_visibility_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUARDQ_VISIBILITY_TIMEOUT_S", "900")
+    assert 900 == load_settings().broker_transport_options()["visibility_timeout"]
