@@ -38,7 +38,7 @@ run: install  ## The main job: Redis + worker + sample images → verdict events
 	$(BIN)/python infra/dev/run.py $(if $(filter simulated,$(SGLANG)),--simulated,)
 
 bench: install services  ## Benchmarks (P1–P4, memory); prints a table, writes bench-results/*.json
-	$(BIN)/python -m pytest -m bench tests/benchmarks -s $(PYTEST_ARGS)
+	$(BIN)/python -m tests.benchmarks $(BENCH)
 
 clean:  ## Remove the virtualenv and local state
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

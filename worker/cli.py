@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -54,6 +55,9 @@ def run(
         typer.echo(f"guardq worker: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_format, settings.log_level)
+    # Celery's per-task "received"/"succeeded" lines duplicate our structured job_finished line and cost CPU.
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if settings.backend == "sglang" and not _wait_ready(ready_timeout):
         typer.echo(f"guardq worker: no SGLang server ready at {settings.sglang_url} after {ready_timeout:g}s", err=True)
         raise typer.Exit(3)

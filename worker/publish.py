@@ -26,8 +26,11 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 return sid
 """
 
-_MARK_RUNNING = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'duplicate_deliveries', 1)
+  return 0
+end
 redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', ARGV[2], 'worker', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
@@ -45,19 +48,16 @@ class Publisher:
         self._maxlen = stream_maxlen
         self._ttl = job_ttl_s
         self._publish = client.register_script(_PUBLISH)
-        self._mark_running = client.register_script(_MARK_RUNNING)
+        self._begin = client.register_script(_BEGIN)
+
+    def begin(self, job_id: str, attempt: int, worker: str) -> bool:
+        """Record that ``attempt`` started, in one round trip; False (and the delivery counted as a duplicate in
+        ``duplicate_deliveries``) when the job already has its terminal event."""
+        keys = [terminal_guard_key(job_id), job_key(job_id)]
+        return bool(self._begin(keys=keys, args=[attempt, time.time(), worker, self._ttl]))
 
     def is_terminal(self, job_id: str) -> bool:
         return bool(self._redis.exists(terminal_guard_key(job_id)))
-
-    def note_duplicate(self, job_id: str) -> None:
-        """Count a delivery of a job that had already ended (visible in ``guardq status``)."""
-        self._redis.hincrby(job_key(job_id), "duplicate_deliveries", 1)
-
-    def mark_running(self, job_id: str, attempt: int, worker: str) -> bool:
-        """Record that ``attempt`` started; False when the job already ended."""
-        keys = [terminal_guard_key(job_id), job_key(job_id)]
-        return bool(self._mark_running(keys=keys, args=[attempt, time.time(), worker, self._ttl]))
 
     def publish(self, event: CloudEvent) -> str | None:
         """XADD the event unless the job already has a terminal event; return the stream id or None."""

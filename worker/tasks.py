@@ -41,11 +41,9 @@ def moderate(self: Task, job: Any) -> None:
     job_id = _job_id(job, str(self.request.id))
     structlog.contextvars.bind_contextvars(job_id=job_id, attempt=retries + 1, model=rt.model.slug)
     try:
-        if rt.publisher.is_terminal(job_id):
-            rt.publisher.note_duplicate(job_id)
+        if not rt.publisher.begin(job_id, retries + 1, str(self.request.hostname or rt.hostname)):
             log.info("job_already_finished")
             return
-        rt.publisher.mark_running(job_id, retries + 1, str(self.request.hostname or rt.hostname))
         event = _run(self, rt, job, job_id, retries)
         sid = rt.publisher.publish(event)
         log.info(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import httpx
+import httpcore
 import structlog
 
 from schemas.errors import ErrorCode, PermanentError, TransientError
@@ -20,6 +20,7 @@ from schemas.models import ModelSpec
 from schemas.settings import Settings
 from schemas.verdict import verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
+from worker.inference.http import TRANSPORT_ERRORS, HttpClient
 from worker.inference.output import InvalidModelOutput, parse_verdict, unsafe_probability
 
 log = structlog.get_logger(__name__)
@@ -43,21 +44,19 @@ class SGLangBackend:
     def __init__(self, settings: Settings, model: ModelSpec, *, base_url: str | None = None) -> None:
         self._settings = settings
         self._model = model
-        headers = {"Content-Type": "application/json"}
-        if settings.sglang_api_key:
-            headers["Authorization"] = f"Bearer {settings.sglang_api_key}"
-        pool = settings.worker_concurrency + 4
-        self._http = httpx.Client(
-            base_url=base_url or settings.sglang_url,
+        headers = {"Authorization": f"Bearer {settings.sglang_api_key}"} if settings.sglang_api_key else {}
+        self._http = HttpClient(
+            base_url or settings.sglang_url,
             headers=headers,
-            timeout=httpx.Timeout(settings.sglang_timeout_s, connect=settings.sglang_connect_timeout_s),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            timeout_s=settings.sglang_timeout_s,
+            connect_timeout_s=settings.sglang_connect_timeout_s,
+            max_connections=settings.worker_concurrency + 4,
         )
         self._info: ModelInfo | None = None
 
     @property
     def base_url(self) -> str:
-        return str(self._http.base_url)
+        return self._http.base_url
 
     def close(self) -> None:
         self._http.close()
@@ -109,17 +108,17 @@ class SGLangBackend:
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self._http.post("/v1/chat/completions", json=body)
-        except httpx.TimeoutException as exc:
+            response = self._http.post_json("/v1/chat/completions", body)
+        except httpcore.TimeoutException as exc:
             raise TransientError(
                 f"SGLang did not answer within {self._settings.sglang_timeout_s:g}s ({type(exc).__name__})",
                 code=ErrorCode.INFERENCE_TIMEOUT,
             ) from None
-        except httpx.TransportError as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
             raise TransientError(
                 f"SGLang at {self.base_url} unreachable: {exc!r}", code=ErrorCode.INFERENCE_UNAVAILABLE
             ) from None
-        status = response.status_code
+        status = response.status
         if status == 200:
             try:
                 data: dict[str, Any] = response.json()
@@ -171,10 +170,10 @@ class SGLangBackend:
             info: dict[str, Any] = {}
             for path in ("/model_info", "/get_model_info"):
                 try:
-                    response = self._http.get(path, timeout=5.0)
-                except httpx.HTTPError:
+                    response = self._http.get(path, timeout_s=5.0)
+                except TRANSPORT_ERRORS:
                     break
-                if response.status_code == 200:
+                if response.status == 200:
                     info = response.json()
                     break
             described = ModelInfo(
@@ -192,9 +191,9 @@ class SGLangBackend:
     def ready(self) -> bool:
         """True when the server can take requests: ``/ready`` (SGLang ≥0.5), else ``/health``."""
         try:
-            response = self._http.get("/ready", timeout=5.0)
-            if response.status_code == 404:
-                response = self._http.get("/health", timeout=5.0)
-        except httpx.HTTPError:
+            response = self._http.get("/ready", timeout_s=5.0)
+            if response.status == 404:
+                response = self._http.get("/health", timeout_s=5.0)
+        except TRANSPORT_ERRORS:
             return False
-        return response.status_code == 200
+        return response.status == 200

@@ -1,0 +1,145 @@
+"""P1: does guardq keep an SGLang server saturated? Images/s end to end vs a direct asyncio client.
+
+The server model: at most C requests are served at once (continuous batching), each for a fixed service time; the
+rest queue. The direct client holds C requests in flight with the same request body guardq sends. guardq runs one
+worker (threads pool, concurrency C) and is timed from the first enqueue to the last terminal event. A "naive"
+Celery GPU worker (prefork, concurrency 1, prefetch 1) is measured on the same server for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from producers.broker import JobQueue
+from schemas.models import get_model
+from schemas.policy import Policy
+from tests.benchmarks.harness import Figure, run_jobs, services, settings_from, worker
+from tests.benchmarks.workload import distinct_jpegs, start_server, upload_jobs
+from tests.services.procs import ROOT, wait_until
+from worker.image import prepare_image
+from worker.inference.base import InferenceRequest
+from worker.inference.sglang import SGLangBackend
+
+SERVICE_S = 0.5
+
+
+async def direct_client(url: str, bodies: list[dict[str, object]], in_flight: int) -> float:
+    """Images/s of a bare asyncio client keeping ``in_flight`` requests outstanding."""
+    queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def drain() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(drain() for _ in range(in_flight)))
+        return len(bodies) / (time.perf_counter() - start)
+
+
+def request_bodies(settings_url: str, blobs: list[bytes]) -> list[dict[str, object]]:
+    from schemas.settings import Settings
+
+    spec = get_model("AIML-TUDA/LlavaGuard-7B")
+    backend = SGLangBackend(Settings(sglang_url=settings_url), spec)
+    text = Policy().text(spec.prompt_version)
+    bodies = []
+    for i, blob in enumerate(blobs):
+        prepared = prepare_image(blob, max_side=spec.image_max_side, max_pixels=10**8)
+        bodies.append(backend.build_body(InferenceRequest(prepared, text, rid=f"direct.{i}", want_score=True)))
+    backend.close()
+    return bodies
+
+
+def naive_throughput(env: dict[str, str], workdir: Path, queue: JobQueue, blobs: list[bytes]) -> float:
+    """Prefork, concurrency 1, prefetch 1: one request at a time per GPU worker."""
+    log = workdir / "naive.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        "--prefetch-multiplier=1",
+        "--queues=guardq.llavaguard-7b",
+        "--hostname=naive@localhost",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=WARNING",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: " ready." in log.read_text(errors="replace"), 60, "naive worker", proc)
+        jobs = upload_jobs(settings_from(env), blobs)
+        wall, seen = run_jobs(queue, jobs, timeout_s=120)
+        assert seen == len(jobs)
+        return len(jobs) / wall
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run(workdir: Path, sweep: tuple[int, ...] = (8, 32, 128), batches_per_c: int = 12) -> list[Figure]:
+    figures: list[Figure] = []
+    with services(workdir) as svc:
+        for c in sweep:
+            sim = start_server(max_running=c, latency_s=SERVICE_S)
+            try:
+                env = svc.env(sim.url, GUARDQ_WORKER_CONCURRENCY=str(c), GUARDQ_SCORES="true")
+                settings = settings_from(env)
+                n = c * batches_per_c
+                blobs = distinct_jpegs(n, seed=c)
+                direct = asyncio.run(direct_client(sim.url, request_bodies(sim.url, blobs), c))
+                sim.reset()
+                sim.configure(max_running=c, latency_s=SERVICE_S)
+                queue = JobQueue(settings)
+                with worker(env, workdir / f"c{c}", name=f"p1-c{c}"):
+                    wall, seen = run_jobs(queue, upload_jobs(settings, distinct_jpegs(n, seed=c + 1000)), 300)
+                assert seen == n, f"only {seen}/{n} events"
+                ours = n / wall
+                ideal = c / SERVICE_S
+                figures.append(
+                    Figure(
+                        "P1",
+                        f"guardq/direct, C={c}",
+                        ours / direct,
+                        "ratio",
+                        target=0.95,
+                        note=f"guardq {ours:.1f}/s, direct {direct:.1f}/s, ideal {ideal:.0f}/s, n={n}",
+                        extra={"guardq_per_s": ours, "direct_per_s": direct, "n": n},
+                    )
+                )
+                if c >= 32:
+                    sim.reset()
+                    sim.configure(max_running=c, latency_s=SERVICE_S)
+                    naive = naive_throughput(env, workdir, queue, distinct_jpegs(6, seed=c + 2000))
+                    figures.append(
+                        Figure(
+                            "P1",
+                            f"guardq/naive prefork c1, C={c}",
+                            ours / naive,
+                            "x",
+                            target=15.0,
+                            note=f"naive {naive:.2f}/s",
+                        )
+                    )
+                queue.close()
+            finally:
+                sim.stop()
+    return figures
