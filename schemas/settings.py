@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         """Kombu options shared by producers and workers (they must agree on the visibility timeout)."""
         return {
             "visibility_timeout": self.visibility_timeout_s,
+            # Sweep for messages of dead workers every tenth of the timeout (kombu's default is ~100 s).
+            "unacked_restore_interval": max(1, min(60, self.visibility_timeout_s // 10)),
+            "unacked_restore_throttle": 1,
             # Consume queues in the order listed (interactive before bulk) instead of round-robin.
             "queue_order_strategy": "priority",
             "socket_timeout": 30,

@@ -18,9 +18,11 @@ from schemas.job import Priority
 from schemas.keys import queue_name
 from schemas.models import get_model
 from schemas.settings import Settings, load_settings
+from worker import kombu_compat
 
 
 def create_app(settings: Settings) -> Celery:
+    kombu_compat.install()
     model = get_model(settings.model)
     app = Celery("guardq", broker=settings.redis_url, include=["worker.tasks"], set_as_current=True)
     app.conf.update(

@@ -32,6 +32,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', ARGV[2], 'worker', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -45,7 +46,7 @@ def moderate(self: Task, job: Any) -> None:
             log.info("job_already_finished")
             return
         event = _run(self, rt, job, job_id, retries)
-        sid = rt.publisher.publish(event)
+        sid = _publish(rt, event)
         log.info(
             "job_finished",
             type=event.type.value,
@@ -59,6 +60,25 @@ def moderate(self: Task, job: Any) -> None:
         raise Reject(exc, requeue=True) from None
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+def _publish(rt: Runtime, event: CloudEvent) -> str | None:
+    """Publish, riding out a Redis outage for up to half the visibility timeout.
+
+    The verdict is already paid for; waiting for Redis to come back beats throwing it away. Meanwhile this thread
+    stays off the broker channel, which Celery is busy re-establishing.
+    """
+    deadline = time.monotonic() + rt.settings.visibility_timeout_s / 2
+    delay = 0.1
+    while True:
+        try:
+            return rt.publisher.publish(event)
+        except RedisError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("publish_waiting_for_redis", error=repr(exc), delay_s=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int) -> CloudEvent:

@@ -16,6 +16,7 @@ import base64
 import io
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -54,6 +55,7 @@ class Behaviour:
     """Everything a test can change; guarded by the server's lock."""
 
     latency_s: float = 0.0
+    jitter_s: float = 0.0  # extra uniform random latency in [0, jitter_s)
     prefill_s: float = 0.0
     per_token_s: float = 0.0
     max_running: int | None = None
@@ -320,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             sim.running += 1
             sim.peak_running = max(sim.peak_running, sim.running)
             b = sim.behaviour
-            seconds = b.latency_s + b.prefill_s + b.per_token_s * n_tokens
+            seconds = b.latency_s + b.prefill_s + b.per_token_s * n_tokens + random.uniform(0, b.jitter_s)
         try:
             if seconds > 0:
                 sim.stopping.wait(seconds)

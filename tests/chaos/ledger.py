@@ -1,0 +1,90 @@
+"""Account for every job of a fault-injection run: completed + failed must equal enqueued, no duplicates.
+
+Results are appended as JSON rows under ``var/reliability/`` so ``python -m tests.chaos.report`` can write the
+tables of docs/reliability.md from what the suite actually measured.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from schemas.events import CloudEvent
+from schemas.keys import VERDICT_STREAM, job_key
+
+RESULTS = Path(__file__).resolve().parents[2] / "var" / "reliability"
+
+
+@dataclass
+class Tally:
+    """What happened to a set of jobs."""
+
+    scenario: str
+    variant: str
+    enqueued: int
+    completed: int = 0
+    failed: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    redeliveries: int = 0
+    retries: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
+    notes: str = ""
+    seconds: float = 0.0
+
+    @property
+    def survived(self) -> int:
+        return self.completed + self.failed
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "survived": self.survived,
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, variant: str, notes: str = "") -> Tally:
+    """Read the whole stream once and every job's state hash; count outcomes per job."""
+    wanted = set(job_ids)
+    per_job: Counter[str] = Counter()
+    outcome: dict[str, CloudEvent] = {}
+    for _, fields in client.xrange(VERDICT_STREAM):
+        event = CloudEvent.model_validate_json(fields[b"event"])
+        if event.data.job_id in wanted:
+            per_job[event.data.job_id] += 1
+            outcome[event.data.job_id] = event
+    result = Tally(scenario, variant, enqueued=len(job_ids), notes=notes)
+    codes: Counter[str] = Counter()
+    pipe = client.pipeline()
+    for job_id in job_ids:
+        pipe.hmget(job_key(job_id), "deliveries", "attempts")
+    states = pipe.execute()
+    for job_id, (deliveries, attempts) in zip(job_ids, states, strict=True):
+        event = outcome.get(job_id)
+        if event is None:
+            result.lost += 1
+            continue
+        result.duplicated += per_job[job_id] - 1
+        if event.completed:
+            result.completed += 1
+        else:
+            result.failed += 1
+            assert event.data.error is not None
+            codes[event.data.error.code.value] += 1
+        tries = int(attempts or 1)
+        result.retries += tries - 1
+        result.redeliveries += max(0, int(deliveries or 1) - tries)
+    result.codes = dict(codes)
+    return result
+
+
+def record(result: Tally) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with (RESULTS / f"{result.scenario}.jsonl").open("a") as out:
+        out.write(json.dumps(result.row()) + "\n")
