@@ -21,10 +21,10 @@ _original_connparams = kombu_redis.Channel._connparams
 def _connparams(self: Any, asynchronous: bool = False) -> Any:
     if self.connection.client is None:
         raise redis.exceptions.ConnectionError("broker transport already detached (reconnecting)")
-    return _original_connparams(self, asynchronous)
+    return _original_connparams(self, asynchronous)  # type: ignore[no-untyped-call]
 
 
 def install() -> None:
     """Idempotently install the guard (called when the worker's Celery app is created)."""
     if kombu_redis.Channel._connparams is not _connparams:
-        kombu_redis.Channel._connparams = _connparams
+        kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]

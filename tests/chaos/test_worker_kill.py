@@ -33,9 +33,8 @@ def test_sigkilled_workers_lose_no_job_and_duplicate_no_event(
     rng = random.Random(jobs)
     kill_at = sorted(rng.sample(range(jobs // 10, jobs // 2), kills))
     after = cluster.send(batch)
-    seen = done_kills = 0
-    for _ in wait_for(cluster.queue.redis, ids, after=after, timeout_s=60 + 30 * kills):
-        seen += 1
+    done_kills = 0
+    for seen, _ in enumerate(wait_for(cluster.queue.redis, ids, after=after, timeout_s=60 + 30 * kills), 1):
         if done_kills < kills and seen >= kill_at[done_kills]:
             victim = f"w{done_kills % 2}"
             cluster.kill_worker(victim)
