@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -40,7 +41,13 @@ from schemas.keys import (
 from schemas.policy import BUILTIN_POLICY_NAME, SENSITIVE_WARNING, Policy, parse_policy_ref
 from schemas.taxonomy import CATEGORY_BY_CODE, Declaration, PromptVersion
 
-log = structlog.get_logger("guardq.policies")
+
+def _log() -> Any:
+    """A logger bound at call time, so it follows the process's current structlog configuration."""
+    return structlog.get_logger("guardq.policies")
+
+
+_TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class InvalidPolicy(PermanentError):
@@ -179,10 +186,11 @@ class PolicyStore:
         outcome: dict[str, Any] = {}
 
         def write(pipe: redis.client.Pipeline[bytes]) -> None:
-            latest_raw, deleted = pipe.hmget(key, [POLICY_LATEST_FIELD, POLICY_DELETED_FIELD])
+            # In WATCH mode (before multi()) the pipeline executes at once and returns values.
+            latest_raw, deleted = cast(list[bytes | None], pipe.hmget(key, [POLICY_LATEST_FIELD, POLICY_DELETED_FIELD]))
             latest = int(latest_raw) if latest_raw else 0
             if latest and not deleted:
-                current = Policy.model_validate_json(pipe.hget(key, str(latest)) or b"{}")
+                current = Policy.model_validate_json(cast(bytes, pipe.hget(key, str(latest))))
                 if _same_content(current, candidate):
                     outcome["policy"], outcome["created"] = current, False
                     return
@@ -201,15 +209,15 @@ class PolicyStore:
             pipe.sadd(POLICY_INDEX, candidate.name)
             outcome.update(policy=policy, created=True, created_at=created_at)
 
-        self._redis.transaction(write, key)
+        self._redis.transaction(write, key)  # type: ignore[no-untyped-call]
         policy = outcome["policy"]
         stored = self.get(f"{policy.name}@{policy.version}") if not outcome["created"] else None
         stored = stored or StoredPolicy(policy=policy, created_at=outcome.get("created_at"))
         warnings = warnings_for(policy)
         if outcome["created"]:
-            log.info("policy_created", policy=policy.name, version=policy.version)
+            _log().info("policy_created", policy=policy.name, version=policy.version)
             if warnings:
-                log.warning("policy_uses_sensitive", policy=policy.name, version=policy.version, warning=warnings[0])
+                _log().warning("policy_uses_sensitive", policy=policy.name, version=policy.version, warning=warnings[0])
         return CreateResult(stored=stored, created=outcome["created"], warnings=warnings)
 
     def delete(self, name: str) -> int:
@@ -228,11 +236,13 @@ class PolicyStore:
         pipe.hset(key, POLICY_DELETED_FIELD, datetime.now(UTC).isoformat())
         pipe.srem(POLICY_INDEX, name)
         pipe.execute()
-        log.info("policy_deleted", policy=name, versions=int(latest))
+        _log().info("policy_deleted", policy=name, versions=int(latest))
         return int(latest)
 
     def set_tenant_default(self, tenant: str, ref: str | None) -> StoredPolicy | None:
         """Make ``ref`` (``name`` follows the latest version, ``name@N`` pins one) the tenant's default; None clears."""
+        if not _TENANT.fullmatch(tenant):
+            raise InvalidPolicy(f"tenant {tenant!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if ref is None or ref == BUILTIN_POLICY_NAME:
             self._redis.hdel(TENANT_POLICY_DEFAULTS, tenant)
             return None
