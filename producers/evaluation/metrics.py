@@ -53,7 +53,7 @@ class Outcome:
 
     @property
     def cell(self) -> str | None:
-        """"TP", "FP", "TN", "FN", or None when invalid."""
+        """ "TP", "FP", "TN", "FN", or None when invalid."""
         pred = self.reading.rating
         if pred is None:
             return None

@@ -32,7 +32,9 @@ def borderline(sim: SimulatedSGLang) -> None:
     sim.configure(rules=[Rule(BORDERLINE, "Safe", "NA: None applying", "Looks fine (simulated).", p_unsafe=0.4)])
 
 
-def test_a_low_confidence_safe_verdict_is_routed_to_review(runner: Runner, sim: SimulatedSGLang, s3_client: Any) -> None:
+def test_a_low_confidence_safe_verdict_is_routed_to_review(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
     borderline(sim)
     uri = put(s3_client, images.solid(BORDERLINE))
     strict = ModerationJob(image=ImageRef.parse(uri), policy=Policy(name="strict", unsafe_threshold=0.35))
