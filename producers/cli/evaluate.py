@@ -38,7 +38,8 @@ def evaluate(
     ),
     model: Annotated[str | None, typer.Option(help="Model (default GUARDQ_MODEL).")] = None,
     policy: Annotated[
-        str | None, typer.Option(help="Stored base policy NAME[@VERSION] (default: built-in); pinned for the run.")
+        str | None,
+        typer.Option(help="Stored base policy, NAME or NAME@VERSION (default: built-in); pinned for the run."),
     ] = None,
     compare: Annotated[Path | None, typer.Option(help="Another run's metrics.json: show deltas.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for all verdicts.")] = 3600.0,
