@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     TRUNCATED_IMAGE = "truncated_image"
     DECOMPRESSION_BOMB = "decompression_bomb"
     POLICY_UNKNOWN = "policy_unknown"
+    INVALID_POLICY = "invalid_policy"
+    POLICY_IN_USE = "policy_in_use"
     MODEL_UNKNOWN = "model_unknown"
     MODEL_UNAVAILABLE = "model_unavailable"
     FETCH_FAILED = "fetch_failed"

@@ -27,5 +27,20 @@ def terminal_guard_key(job_id: str) -> str:
 
 
 def policy_key(name: str) -> str:
-    """Hash of a stored policy: field ``<version>`` holds that version's Policy JSON, ``latest`` the newest."""
+    """Hash of a stored policy: field ``<version>`` holds that version's Policy JSON, ``latest`` the newest.
+
+    Also ``meta:<version>`` (creation facts) and, once the name is deleted, ``deleted`` (a tombstone).
+    """
     return f"{KEY_PREFIX}:policy:{name}"
+
+
+# Fields of a stored policy's hash besides the ``<version>`` ones (see ``producers/policy_store.py``).
+POLICY_LATEST_FIELD = "latest"
+POLICY_DELETED_FIELD = "deleted"  # tombstone: the name no longer resolves to its latest; ``name@N`` still does
+POLICY_INDEX = f"{KEY_PREFIX}:policies"  # set of stored policy names
+TENANT_POLICY_DEFAULTS = f"{KEY_PREFIX}:policy-defaults"  # hash: tenant -> policy ref (``name`` or ``name@N``)
+
+
+def policy_meta_field(version: int | str) -> str:
+    """Field of a stored policy's hash holding that version's bookkeeping (creation time) as JSON."""
+    return f"meta:{version}"

@@ -25,6 +25,23 @@ from schemas.taxonomy import (
 )
 
 PolicyName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+BUILTIN_POLICY_NAME = "default"  # the trained default policy; a stored policy cannot take this name
+SENSITIVE_WARNING = (
+    "'sensitive' declarations are outside the released LlavaGuard checkpoints' training data "
+    "(only 'non_violating' was trained); expect unreliable verdicts for those categories"
+)
+
+
+def parse_policy_ref(ref: str) -> tuple[str, int | None]:
+    """Split ``name`` or ``name@version`` into its parts; raise ValueError for a malformed reference."""
+    name, sep, version = ref.strip().partition("@")
+    if not name:
+        raise ValueError(f"policy reference {ref!r} names no policy")
+    if not sep:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ValueError(f"policy reference {ref!r}: the version after '@' must be a positive integer")
+    return name, int(version)
 
 
 def render_policy_text(version: PromptVersion, declarations: dict[str, Declaration] | None = None) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from producers.cli.enqueue import enqueue
+from producers.cli.evaluate import evaluate
 from producers.cli.events import events_cli
 from producers.cli.policy import policy_cli
 from producers.cli.status import status
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.command("enqueue")(enqueue)
 app.command("status")(status)
+app.command("eval")(evaluate)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,16 +50,23 @@ def parse_verdict(text: str, *, with_rationale: bool = True, unsafe_score: float
         raise InvalidModelOutput(f"model output field {where!r}: {first['msg']}") from None
 
 
+def _rating_word(token: str) -> str:
+    """A candidate token without the JSON quote, whitespace or tokenizer space markers around it."""
+    return token.strip().lstrip("\u2581\u0120").strip().strip('"').strip()
+
+
 def unsafe_probability(top_logprobs: list[dict[str, Any]] | None) -> float | None:
     """P(Unsafe) from the candidates at the rating token: ``[{"token": "Unsafe", "logprob": -0.1}, ...]``.
 
-    Candidates are normalised over the two ratings; tokens are matched by prefix ("Uns" / "Saf" pieces count).
+    Candidates are normalised over the two ratings. A tokenizer may split the word (``"Un"`` + ``"safe"``,
+    ``"S"`` + ``"afe"``) or glue a space or the opening quote to it (``" Unsafe"``, ``' "Safe'``): a candidate
+    counts for a rating when it is a prefix of that word (or the word itself, possibly with more after it).
     """
     if not top_logprobs:
         return None
     unsafe = safe = 0.0
     for item in top_logprobs:
-        token = str(item.get("token", "")).strip().strip('"')
+        token = _rating_word(str(item.get("token") or ""))
         if not token:
             continue
         prob = math.exp(float(item.get("logprob", -math.inf)))
@@ -67,3 +76,70 @@ def unsafe_probability(top_logprobs: list[dict[str, Any]] | None) -> float | Non
             safe += prob
     total = unsafe + safe
     return None if total == 0 else round(unsafe / total, 6)
+
+
+_AFTER_RATING_QUOTE = re.compile(r'"rating"\s*:\s*"$')
+_AFTER_RATING_COLON = re.compile(r'"rating"\s*:\s*$')
+_QUOTE_THEN_WORD = re.compile(r'^\s*"\s*\w')
+
+
+def locate_rating(tokens: Sequence[str | None]) -> int | None:
+    """Index of the generated token that starts the rating value (the token after ``"rating": "``).
+
+    Also finds it when the tokenizer glued the opening quote to the value (``' "Unsafe'`` after ``"rating":``).
+    None when it is absent or token texts are unknown.
+    """
+    text = ""
+    for index, token in enumerate(tokens):
+        if token is None:
+            return None
+        if _AFTER_RATING_QUOTE.search(text) or (_AFTER_RATING_COLON.search(text) and _QUOTE_THEN_WORD.match(token)):
+            return index
+        text += token
+    return None
+
+
+def chat_rating_candidates(content: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Candidates at the rating token in chat ``choices[0].logprobs.content`` (``top_logprobs`` per token)."""
+    index = locate_rating([str(item.get("token", "")) for item in content])
+    if index is None:
+        return None
+    item = content[index]
+    return list(item.get("top_logprobs") or [item])
+
+
+def native_rating_candidates(meta_info: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Candidates at the rating token in native ``/generate`` ``meta_info``.
+
+    SGLang returns ``output_token_logprobs`` (the generated token per position) and ``output_top_logprobs``
+    (per position a list of candidates), each entry a ``[logprob, token_id, token_text]`` triple; the text is
+    there only with ``return_text_in_logprobs``. Without ``output_token_logprobs`` the best candidate stands in.
+    """
+    top = meta_info.get("output_top_logprobs") or []
+    chosen = meta_info.get("output_token_logprobs")
+    if chosen:
+        texts = [_triple_text(entry) for entry in chosen]
+    else:
+        texts = [_triple_text(max(pos, key=lambda e: float(e[0]))) if pos else None for pos in top]
+    index = locate_rating(texts)
+    if index is None or index >= len(top) or not top[index]:
+        return None
+    return [{"token": _triple_text(entry) or "", "logprob": float(entry[0])} for entry in top[index]]
+
+
+def _triple_text(entry: Sequence[Any] | None) -> str | None:
+    if not entry or len(entry) < 3 or entry[2] is None:
+        return None
+    return str(entry[2])
+
+
+def score_from_response(payload: dict[str, Any]) -> float | None:
+    """P(Unsafe) from an SGLang response of either shape: chat completions or native ``/generate``."""
+    meta = payload.get("meta_info")
+    if isinstance(meta, dict):
+        return unsafe_probability(native_rating_candidates(meta))
+    try:
+        content = (payload["choices"][0].get("logprobs") or {}).get("content") or []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return unsafe_probability(chat_rating_candidates(content))

@@ -8,7 +8,6 @@ transient; 400 is a permanent rejection; an invalid verdict is re-requested ``in
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpcore
@@ -21,21 +20,10 @@ from schemas.settings import Settings
 from schemas.verdict import verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.http import TRANSPORT_ERRORS, HttpClient
-from worker.inference.output import InvalidModelOutput, parse_verdict, unsafe_probability
+from worker.inference.output import InvalidModelOutput, chat_rating_candidates, parse_verdict, score_from_response
 
 log = structlog.get_logger(__name__)
-_RATING_PREFIX = re.compile(r'"rating"\s*:\s*"$')
-
-
-def rating_candidates(content: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """Top-logprob candidates of the token right after ``"rating": "`` in chat ``logprobs.content``."""
-    text = ""
-    for item in content:
-        if _RATING_PREFIX.search(text):
-            candidates = item.get("top_logprobs") or [item]
-            return list(candidates)
-        text += str(item.get("token", ""))
-    return None
+rating_candidates = chat_rating_candidates  # the chat-shape locator, kept under its original name
 
 
 class SGLangBackend:
@@ -150,10 +138,7 @@ class SGLangBackend:
             raise InvalidModelOutput(
                 f"model output hit max_tokens={self._settings.max_new_tokens} before the verdict closed"
             )
-        score = None
-        if request.want_score:
-            content = (choice.get("logprobs") or {}).get("content") or []
-            score = unsafe_probability(rating_candidates(content))
+        score = score_from_response(payload) if request.want_score else None
         verdict = parse_verdict(text, with_rationale=request.with_rationale, unsafe_score=score)
         usage = payload.get("usage") or {}
         return InferenceResult(

@@ -1,0 +1,1 @@
+"""HTTP routes (FastAPI APIRouters) that the API app mounts."""

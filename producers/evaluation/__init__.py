@@ -1,0 +1,1 @@
+"""Evaluation of a labelled image set through the real pipeline, with LlavaGuard's metrics."""
