@@ -29,3 +29,35 @@ def terminal_guard_key(job_id: str) -> str:
 def policy_key(name: str) -> str:
     """Hash of a stored policy: field ``<version>`` holds that version's Policy JSON, ``latest`` the newest."""
     return f"{KEY_PREFIX}:policy:{name}"
+
+
+# Delivery to downstream consumers (stream consumers, webhooks, results, verdict cache)
+VERDICT_DLQ_STREAM = "guardq:verdicts.dlq"  # poison entries a consumer group gave up on (`guardq events tail`)
+WEBHOOK_QUEUE = "guardq.webhooks"  # Celery queue of webhook deliveries; never consumed by GPU workers
+TASK_DELIVER_WEBHOOK = "guardq.webhooks.deliver"  # one argument list: [delivery_id, lease]
+WEBHOOK_DISPATCH_GROUP = "guardq.webhooks"  # consumer group on the verdict stream that fans out deliveries
+WEBHOOK_DLQ_STREAM = "guardq:webhooks.dlq"  # deliveries that exhausted their schedule or were refused
+WEBHOOK_SUBSCRIPTIONS = f"{KEY_PREFIX}:webhooks:subscriptions"  # hash: subscription id -> Subscription JSON
+WEBHOOK_DUE = f"{KEY_PREFIX}:webhooks:due"  # sorted set: delivery id scored by the unix time it is due
+RESULTS_GROUP = "guardq.results"  # consumer group of the S3 JSONL results sink
+RESULTS_TARGETS = f"{KEY_PREFIX}:results:targets"  # hash: backfill id -> s3://bucket/prefix
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    """Hash of one webhook delivery: its record, the exact body, attempts, state and current lease."""
+    return f"{KEY_PREFIX}:webhooks:delivery:{delivery_id}"
+
+
+def callback_secret_key(tenant: str) -> str:
+    """The ``whsec_`` secret that signs a tenant's per-job ``callback_url`` deliveries."""
+    return f"{KEY_PREFIX}:webhooks:callback-secret:{tenant}"
+
+
+def results_parts_key(backfill_id: str) -> str:
+    """Hash of a backfill's results parts written ahead of their S3 PUT (object key -> part JSON)."""
+    return f"{KEY_PREFIX}:results:{backfill_id}:parts"
+
+
+def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
+    """A cached verdict for these image bytes under this policy text, model and request variant."""
+    return f"{KEY_PREFIX}:cache:{model_slug}:{policy_sha256}:{image_sha256}:{variant}"
