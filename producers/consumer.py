@@ -101,12 +101,13 @@ class StreamConsumer:
             reply = self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=wait or None
             )
-            entries = [self._entry(i, f, 1) for _, items in reply or [] for i, f in items]
-        return self._screen([e for e in entries if e is not None])
+            fresh = [self._entry(i, f, 1) for _, items in reply or [] for i, f in items]
+            entries = [e for e in fresh if e is not None]
+        return self._screen(entries)
 
     def ack(self, *ids: str) -> int:
         """Acknowledge processed entries: they leave the group's PEL for good."""
-        return int(self.redis.xack(self.stream, self.group, *ids)) if ids else 0
+        return int(self.redis.xack(self.stream, self.group, *ids)) if ids else 0  # type: ignore[no-untyped-call]
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Copy ``entry`` to the dead-letter stream with ``reason``, then ack it (one transaction)."""
