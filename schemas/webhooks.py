@@ -117,10 +117,18 @@ class Delivery(BaseModel):
     target: DeliveryTarget
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     replay_id: str | None = None
+    max_attempts: int | None = Field(default=None, ge=1)  # None: the configured schedule (test pings use 1)
 
     @classmethod
     def of(
-        cls, *, event_id: str, event_type: str, tenant: str, target: DeliveryTarget, replay_id: str | None = None
+        cls,
+        *,
+        event_id: str,
+        event_type: str,
+        tenant: str,
+        target: DeliveryTarget,
+        replay_id: str | None = None,
+        max_attempts: int | None = None,
     ) -> Delivery:
         return cls(
             delivery_id=delivery_id(event_id, target, replay_id),
@@ -129,6 +137,7 @@ class Delivery(BaseModel):
             tenant=tenant,
             target=target,
             replay_id=replay_id,
+            max_attempts=max_attempts,
         )
 
 

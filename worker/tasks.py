@@ -46,8 +46,9 @@ def moderate(self: Task, job: Any) -> None:
             log.info("job_already_finished")
             return
         rt.publisher.mark_running(job_id, retries + 1, str(self.request.hostname or rt.hostname))
-        event = _run(self, rt, job, job_id, retries)
-        sid = rt.publisher.publish(event)
+        progress = Progress()
+        event = _run(self, rt, job, job_id, retries, progress)
+        sid = rt.publisher.publish(event, callback_url=progress.job.callback_url if progress.job else None)
         log.info(
             "job_finished",
             type=event.type.value,
@@ -63,9 +64,8 @@ def moderate(self: Task, job: Any) -> None:
         structlog.contextvars.clear_contextvars()
 
 
-def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int) -> CloudEvent:
+def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int, progress: Progress) -> CloudEvent:
     """Return the job's terminal event, or raise Celery's Retry for a transient failure with retries left."""
-    progress = Progress()
     try:
         parsed = parse_job(message)
         structlog.contextvars.bind_contextvars(tenant=parsed.tenant)

@@ -12,6 +12,7 @@ from producers.cli.enqueue import enqueue
 from producers.cli.events import events_cli
 from producers.cli.policy import policy_cli
 from producers.cli.status import status
+from producers.cli.webhooks import webhooks_cli
 
 app = typer.Typer(
     name="guardq",
@@ -24,6 +25,7 @@ app.command("enqueue")(enqueue)
 app.command("status")(status)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
+app.add_typer(webhooks_cli, name="webhooks")
 
 
 @app.command(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
 from typing import Annotated
 
@@ -95,3 +97,36 @@ def _tail_group(
 
     with contextlib.suppress(KeyboardInterrupt):
         reader.run(show, deadline=deadline, should_stop=lambda: count is not None and printed >= count)
+
+
+@events_cli.command("replay")
+def replay(
+    since: Annotated[str, typer.Option(help="From this time: ISO 8601, unix seconds, or an age like 2h or 3d.")],
+    subscription: Annotated[str, typer.Option("--subscription", help="Webhook subscription id to re-send to.")],
+    until: Annotated[str | None, typer.Option(help="Up to this time (same forms as --since).")] = None,
+    type_: Annotated[
+        list[str] | None, typer.Option("--type", help="Only these types: completed, failed (repeatable).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Re-send at most this many events.")] = None,
+) -> None:
+    """Re-send stored events (still on the stream) to a webhook subscription, with their original ids.
+
+    Receivers dedupe on webhook-id, so events they already processed are harmless. Prints the replay's id and
+    counts as JSON; the webhook worker delivers them with the usual retries.
+    """
+    from producers.webhooks.replay import parse_time, replay_events
+    from schemas.errors import GuardqError
+
+    try:
+        result = replay_events(
+            job_queue().redis,
+            settings(),
+            subscription,
+            since=parse_time(since),
+            until=parse_time(until) if until else None,
+            types=type_,
+            limit=limit,
+        )
+    except (GuardqError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(dataclasses.asdict(result)))
