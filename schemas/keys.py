@@ -41,6 +41,7 @@ WEBHOOK_SUBSCRIPTIONS = f"{KEY_PREFIX}:webhooks:subscriptions"  # hash: subscrip
 WEBHOOK_DUE = f"{KEY_PREFIX}:webhooks:due"  # sorted set: delivery id scored by the unix time it is due
 RESULTS_GROUP = "guardq.results"  # consumer group of the S3 JSONL results sink
 RESULTS_TARGETS = f"{KEY_PREFIX}:results:targets"  # hash: backfill id -> s3://bucket/prefix
+RESULTS_PENDING = f"{KEY_PREFIX}:results:pending"  # hash: s3:// URI of a part -> its body, written ahead of the PUT
 
 
 def webhook_delivery_key(delivery_id: str) -> str:
@@ -52,10 +53,6 @@ def callback_secret_key(tenant: str) -> str:
     """The ``whsec_`` secret that signs a tenant's per-job ``callback_url`` deliveries."""
     return f"{KEY_PREFIX}:webhooks:callback-secret:{tenant}"
 
-
-def results_parts_key(backfill_id: str) -> str:
-    """Hash of a backfill's results parts written ahead of their S3 PUT (object key -> part JSON)."""
-    return f"{KEY_PREFIX}:results:{backfill_id}:parts"
 
 
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
