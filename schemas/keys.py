@@ -54,7 +54,6 @@ def callback_secret_key(tenant: str) -> str:
     return f"{KEY_PREFIX}:webhooks:callback-secret:{tenant}"
 
 
-
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
     """A cached verdict for these image bytes under this policy text, model and request variant."""
     return f"{KEY_PREFIX}:cache:{model_slug}:{policy_sha256}:{image_sha256}:{variant}"

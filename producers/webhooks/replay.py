@@ -90,6 +90,8 @@ def replay_events(
     store = DeliveryStore(client, settings)
     wanted = normalize_event_types(types or []) or sub.event_types
     replay_id = uuid.uuid4().hex[:16]
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)  # naive times are UTC
+    until = until if until is None or until.tzinfo else until.replace(tzinfo=UTC)
     cursor = f"{int(since.timestamp() * 1000)}-0"
     end = f"{int(until.timestamp() * 1000)}-18446744073709551615" if until else "+"
     scanned = queued = 0
