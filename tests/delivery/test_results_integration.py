@@ -9,7 +9,6 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +138,13 @@ def test_a_sink_that_dies_mid_flush_leaves_every_event_exactly_once_after_a_rest
     doomed.start()
     for event in sent:
         publish(redis_client, event)
-    with pytest.raises(Crash):
+
+    def run_until_crash() -> None:
         for _ in range(20):  # bounded: read until the first full batch is flushed (and the "process" dies)
             doomed.step()
+
+    with pytest.raises(Crash):
+        run_until_crash()
     assert 1 == len(redis_client.hkeys(RESULTS_PENDING)) // 2  # the part written ahead, not yet confirmed
 
     restarted = ResultsSink(redis_client, s3_client, settings, consumer=f"crashy-{crash}")
