@@ -36,6 +36,8 @@ class ErrorCode(StrEnum):
     INFERENCE_REJECTED = "inference_rejected"
     INVALID_MODEL_OUTPUT = "invalid_model_output"
     INTERNAL_ERROR = "internal_error"
+    # Delivery (webhooks): a target URL the SSRF guard refuses, at registration or at send time
+    FORBIDDEN_TARGET = "forbidden_target"
 
 
 class GuardqError(Exception):

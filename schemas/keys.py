@@ -44,3 +44,31 @@ TENANT_POLICY_DEFAULTS = f"{KEY_PREFIX}:policy-defaults"  # hash: tenant -> poli
 def policy_meta_field(version: int | str) -> str:
     """Field of a stored policy's hash holding that version's bookkeeping (creation time) as JSON."""
     return f"meta:{version}"
+
+
+# Delivery to downstream consumers (stream consumers, webhooks, results, verdict cache)
+VERDICT_DLQ_STREAM = "guardq:verdicts.dlq"  # poison entries a consumer group gave up on (`guardq events tail`)
+WEBHOOK_QUEUE = "guardq.webhooks"  # Celery queue of webhook deliveries; never consumed by GPU workers
+TASK_DELIVER_WEBHOOK = "guardq.webhooks.deliver"  # one argument list: [delivery_id, lease]
+WEBHOOK_DISPATCH_GROUP = "guardq.webhooks"  # consumer group on the verdict stream that fans out deliveries
+WEBHOOK_DLQ_STREAM = "guardq:webhooks.dlq"  # deliveries that exhausted their schedule or were refused
+WEBHOOK_SUBSCRIPTIONS = f"{KEY_PREFIX}:webhooks:subscriptions"  # hash: subscription id -> Subscription JSON
+WEBHOOK_DUE = f"{KEY_PREFIX}:webhooks:due"  # sorted set: delivery id scored by the unix time it is due
+RESULTS_GROUP = "guardq.results"  # consumer group of the S3 JSONL results sink
+RESULTS_TARGETS = f"{KEY_PREFIX}:results:targets"  # hash: backfill id -> s3://bucket/prefix
+RESULTS_PENDING = f"{KEY_PREFIX}:results:pending"  # hash: s3:// URI of a part -> its body, written ahead of the PUT
+
+
+def webhook_delivery_key(delivery_id: str) -> str:
+    """Hash of one webhook delivery: its record, the exact body, attempts, state and current lease."""
+    return f"{KEY_PREFIX}:webhooks:delivery:{delivery_id}"
+
+
+def callback_secret_key(tenant: str) -> str:
+    """The ``whsec_`` secret that signs a tenant's per-job ``callback_url`` deliveries."""
+    return f"{KEY_PREFIX}:webhooks:callback-secret:{tenant}"
+
+
+def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
+    """A cached verdict for these image bytes under this policy text, model and request variant."""
+    return f"{KEY_PREFIX}:cache:{model_slug}:{policy_sha256}:{image_sha256}:{variant}"

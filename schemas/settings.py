@@ -70,6 +70,26 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Delivery: stream consumers, signed webhooks, S3 JSONL results, verdict cache (docs/delivery.md)
+    dlq_maxlen: int = Field(default=100_000, ge=100)
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 21600.0]
+    )  # delays before retries 1..n (about a day in total); attempts = len + 1
+    webhook_jitter: float = Field(default=0.2, ge=0.0, lt=1.0)  # each delay is scaled by 1 ± jitter
+    webhook_retry_after_max_s: float = Field(default=86400.0, gt=0)  # cap on an honoured Retry-After
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=120)
+    webhook_connect_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_allowed_networks: list[str] = Field(default_factory=list)
+    webhook_allow_http: bool = False  # Standard Webhooks asks for HTTPS; allow http:// only for trusted networks
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
+    webhook_poll_s: float = Field(default=0.5, gt=0, le=60)  # how often due deliveries are looked for
+    webhook_record_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    results_uri: str | None = None  # default s3://bucket/prefix for backfills registered without their own
+    results_batch_events: int = Field(default=1000, ge=1, le=100_000)
+    results_batch_s: float = Field(default=30.0, gt=0)
+    verdict_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)  # 0 turns the verdict cache off
+    verdict_cache_wait_s: float = Field(default=60.0, ge=0)  # how long a duplicate waits for the first
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -100,12 +120,26 @@ class Settings(BaseSettings):
         except GuardqError as exc:
             raise ValueError(exc.message) from None
 
-    @field_validator("url_allowed_networks")
+    @field_validator("url_allowed_networks", "webhook_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for net in value:
             ipaddress.ip_network(net, strict=False)
         return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every delay must be a positive number of seconds")
+        return value
+
+    @field_validator("results_uri")
+    @classmethod
+    def _results_uri(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme != "s3" or not urlsplit(value).netloc):
+            raise ValueError("must be s3://bucket[/prefix]")
+        return value.rstrip("/") if value else value
 
     def broker_transport_options(self) -> dict[str, object]:
         """Kombu options shared by producers and workers (they must agree on the visibility timeout)."""

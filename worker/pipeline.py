@@ -1,4 +1,4 @@
-"""The moderation pipeline for one job: fetch → prepare → (cache) → infer → verdict event.
+"""The moderation pipeline for one job: fetch → prepare → verdict cache or infer → verdict event.
 
 Stage timings and what is known so far live in :class:`Progress`, so a failure at any stage still produces a
 failed event with every fact gathered up to that point.
@@ -18,6 +18,7 @@ from schemas.job import ModerationJob
 from schemas.models import ModelSpec, get_model
 from schemas.policy import PolicyInfo
 from schemas.settings import Settings
+from worker.cache import CacheKey, VerdictCache
 from worker.eventbuild import completed_event, image_facts
 from worker.image import prepare_image
 from worker.inference.base import InferenceBackend, InferenceRequest
@@ -62,12 +63,14 @@ class Moderator:
         source: ImageSource,
         backend: InferenceBackend,
         policies: PolicyResolver,
+        cache: VerdictCache,
     ) -> None:
         self._settings = settings
         self._model = model
         self._source = source
         self._backend = backend
         self._policies = policies
+        self._cache = cache
 
     def run(self, job: ModerationJob, *, attempt: int, progress: Progress) -> CloudEvent:
         progress.job = job
@@ -98,17 +101,23 @@ class Moderator:
         mark, progress.timings.prepare_ms = progress.lap(mark)
 
         want_score = policy.unsafe_threshold is not None or self._settings.scores
-        result = self._backend.infer(
-            InferenceRequest(
-                image=prepared,
-                policy_text=policy_text,
-                rid=f"{job.job_id}.{attempt}",
-                with_rationale=not policy.verdict_only,
-                want_score=want_score,
-            )
+        request = InferenceRequest(
+            image=prepared,
+            policy_text=policy_text,
+            rid=f"{job.job_id}.{attempt}",
+            with_rationale=not policy.verdict_only,
+            want_score=want_score,
         )
+        key = CacheKey(
+            self._model.slug,
+            progress.policy.sha256,
+            prepared.sha256,
+            not policy.verdict_only,
+            want_score,
+            progress.model.simulated,
+        )
+        verdict, cached = self._cache.verdict(key, lambda: self._backend.infer(request).verdict)
         mark, progress.timings.infer_ms = progress.lap(mark)
-        verdict = result.verdict
         needs_review = (
             policy.unsafe_threshold is not None
             and verdict.rating == "Safe"
@@ -126,4 +135,5 @@ class Moderator:
             timings=progress.timings,
             needs_review=needs_review,
             verdict_only=policy.verdict_only,
+            cached=cached,
         )

@@ -22,6 +22,7 @@ end
 local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
 redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
 redis.call('HSET', KEYS[3], 'state', ARGV[4], 'event', ARGV[1], 'stream_id', sid, 'updated_at', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'callback_url', ARGV[7]) end
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return sid
 """
@@ -60,11 +61,23 @@ class Publisher:
     def is_terminal(self, job_id: str) -> bool:
         return bool(self._redis.exists(terminal_guard_key(job_id)))
 
-    def publish(self, event: CloudEvent) -> str | None:
-        """XADD the event unless the job already has a terminal event; return the stream id or None."""
+    def publish(self, event: CloudEvent, *, callback_url: str | None = None) -> str | None:
+        """XADD the event unless the job already has a terminal event; return the stream id or None.
+
+        ``callback_url`` (the job's) is recorded in the job hash in the same atomic step, where the webhook
+        dispatcher finds it when it fans the event out: no window in which the event exists without it.
+        """
         job_id = event.data.job_id
         state = "completed" if event.completed else "failed"
         keys = [terminal_guard_key(job_id), self._stream, job_key(job_id)]
-        args: list[Any] = [event.to_json(), self._maxlen, self._ttl, state, STREAM_FIELD, time.time()]
+        args: list[Any] = [
+            event.to_json(),
+            self._maxlen,
+            self._ttl,
+            state,
+            STREAM_FIELD,
+            time.time(),
+            callback_url or "",
+        ]
         sid = self._publish(keys=keys, args=args)
         return sid.decode() if isinstance(sid, bytes) else sid

@@ -16,6 +16,7 @@ import redis
 from schemas.errors import ConfigError
 from schemas.models import ModelSpec, get_model
 from schemas.settings import Settings, load_settings
+from worker.cache import VerdictCache
 from worker.inference.base import InferenceBackend
 from worker.pipeline import Moderator
 from worker.policies import PolicyResolver
@@ -37,6 +38,12 @@ def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
     from worker.inference.sglang import SGLangBackend
 
     return SGLangBackend(settings, model)
+
+
+def verdict_cache(settings: Settings, client: redis.Redis[bytes]) -> VerdictCache:
+    """The cache, its lock outliving the longest inference (every invalid-output retry at the full timeout)."""
+    lock_s = settings.sglang_timeout_s * (settings.invalid_output_retries + 1) + 10
+    return VerdictCache(client, ttl_s=settings.verdict_cache_ttl_s, wait_s=settings.verdict_cache_wait_s, lock_s=lock_s)
 
 
 @dataclass
@@ -70,7 +77,9 @@ class Runtime:
             publisher=Publisher(client, stream_maxlen=settings.stream_maxlen, job_ttl_s=settings.job_ttl_s),
             source=source,
             backend=backend,
-            moderator=Moderator(settings, model, source, backend, PolicyResolver(client)),
+            moderator=Moderator(
+                settings, model, source, backend, PolicyResolver(client), verdict_cache(settings, client)
+            ),
             hostname=hostname or socket.gethostname(),
         )
 

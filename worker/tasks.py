@@ -45,8 +45,9 @@ def moderate(self: Task, job: Any) -> None:
         if not rt.publisher.begin(job_id, retries + 1, str(self.request.hostname or rt.hostname)):
             log.info("job_already_finished")
             return
-        event = _run(self, rt, job, job_id, retries)
-        sid = _publish(rt, event)
+        progress = Progress()
+        event = _run(self, rt, job, job_id, retries, progress)
+        sid = _publish(rt, event, callback_url=progress.job.callback_url if progress.job else None)
         log.info(
             "job_finished",
             type=event.type.value,
@@ -62,7 +63,7 @@ def moderate(self: Task, job: Any) -> None:
         structlog.contextvars.clear_contextvars()
 
 
-def _publish(rt: Runtime, event: CloudEvent) -> str | None:
+def _publish(rt: Runtime, event: CloudEvent, *, callback_url: str | None) -> str | None:
     """Publish, riding out a Redis outage for up to half the visibility timeout.
 
     The verdict is already paid for; waiting for Redis to come back beats throwing it away. Meanwhile this thread
@@ -72,7 +73,7 @@ def _publish(rt: Runtime, event: CloudEvent) -> str | None:
     delay = 0.1
     while True:
         try:
-            return rt.publisher.publish(event)
+            return rt.publisher.publish(event, callback_url=callback_url)
         except RedisError as exc:
             if time.monotonic() + delay > deadline:
                 raise
@@ -81,9 +82,8 @@ def _publish(rt: Runtime, event: CloudEvent) -> str | None:
             delay = min(delay * 2, 5.0)
 
 
-def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int) -> CloudEvent:
+def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int, progress: Progress) -> CloudEvent:
     """Return the job's terminal event, or raise Celery's Retry for a transient failure with retries left."""
-    progress = Progress()
     try:
         parsed = parse_job(message)
         structlog.contextvars.bind_contextvars(tenant=parsed.tenant)

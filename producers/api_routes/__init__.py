@@ -1,1 +1,1 @@
-"""HTTP routes (FastAPI APIRouters) that the API app mounts."""
+"""FastAPI routers that the HTTP API (``producers/api``) mounts; each module is self-contained."""

@@ -12,7 +12,9 @@ from producers.cli.enqueue import enqueue
 from producers.cli.evaluate import evaluate
 from producers.cli.events import events_cli
 from producers.cli.policy import policy_cli
+from producers.cli.results import results_cli
 from producers.cli.status import status
+from producers.cli.webhooks import webhooks_cli
 
 app = typer.Typer(
     name="guardq",
@@ -26,6 +28,8 @@ app.command("status")(status)
 app.command("eval")(evaluate)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
+app.add_typer(webhooks_cli, name="webhooks")
+app.add_typer(results_cli, name="results")
 
 
 @app.command(

@@ -1,59 +1,21 @@
-"""SSRF guard: decide which IP addresses the worker may connect to for user-supplied URLs.
+"""SSRF guard: connect only to addresses the :class:`~schemas.netpolicy.AddressPolicy` permits.
 
-Only globally routable unicast addresses pass, unless an operator lists networks in
-``GUARDQ_URL_ALLOWED_NETWORKS``. The check runs on the resolved address at connect time (inside the HTTP
+The address rules live in ``schemas/netpolicy.py`` (producers check webhook targets with them at registration);
+this module plugs them into httpcore. The check runs on the resolved address at connect time (inside the HTTP
 client's network backend), so DNS names pointing inside, DNS rebinding, odd IP spellings (decimal, octal, hex)
 and redirects to internal hosts are all refused the same way, before any connection is made.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterable
 
 import httpcore
 from httpcore._backends.base import SOCKET_OPTION
 
-from schemas.errors import ErrorCode, PermanentError, TransientError
+from schemas.netpolicy import AddressPolicy, IPAddress, resolve
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class AddressPolicy:
-    """Allow global unicast addresses, plus any explicitly allowed networks."""
-
-    def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
-        self._allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
-
-    def permits(self, ip: IPAddress) -> bool:
-        if any(ip in net for net in self._allowed):
-            return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return self.permits(ip.ipv4_mapped)
-        return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_link_local or ip.is_private)
-
-    def check(self, host: str, ip: IPAddress) -> None:
-        if not self.permits(ip):
-            raise PermanentError(
-                f"refusing to connect to {host!r}: it resolves to non-public address {ip}",
-                code=ErrorCode.FORBIDDEN_SOURCE,
-            )
-
-
-def resolve(host: str, port: int) -> list[IPAddress]:
-    """All addresses ``host`` resolves to (an IP literal in any spelling resolves to itself)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        if exc.errno in {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)}:
-            raise PermanentError(f"host {host!r} does not resolve", code=ErrorCode.NOT_FOUND) from None
-        raise TransientError(f"DNS lookup for {host!r} failed: {exc}", code=ErrorCode.FETCH_FAILED) from None
-    seen: dict[str, IPAddress] = {}
-    for *_, sockaddr in infos:
-        address = str(sockaddr[0]).split("%", 1)[0]
-        seen.setdefault(address, ipaddress.ip_address(address))
-    return list(seen.values())
+__all__ = ["AddressPolicy", "GuardedBackend", "IPAddress", "resolve"]
 
 
 class GuardedBackend(httpcore.SyncBackend):
