@@ -54,7 +54,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "fragment"),
     [
-        (["policy", "show", "--non-violating", "O12"], {}, "unknown policy categories"),
+        (["policy", "show", "--non-violating", "O12"], {}, "unknown policy category"),
         (["policy", "show", "--model", "nope"], {}, "unknown model"),
         (["enqueue", "ftp://x/y.jpg"], {}, "unsupported image source"),
         (["enqueue", "/no/such/file.jpg"], {}, "neither a URI"),
