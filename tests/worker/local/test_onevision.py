@@ -18,13 +18,13 @@ pytest.importorskip(
     "torchvision", reason="the OneVision processor needs torchvision (not installable beside CPU torch)"
 )
 
-from schemas.models import get_model  # noqa: E402
-from schemas.policy import DEFAULT_POLICY  # noqa: E402
-from schemas.taxonomy import CATEGORY_NAMES, RATINGS, PromptVersion  # noqa: E402
-from tests.worker.local.conftest import prepared, tiny_settings, wait_ready  # noqa: E402
-from tests.worker.local.tiny_models import build_tiny_onevision  # noqa: E402
-from worker.inference.base import InferenceRequest, InferenceResult  # noqa: E402
-from worker.inference.local import TransformersBackend  # noqa: E402
+from schemas.models import get_model
+from schemas.policy import DEFAULT_POLICY
+from schemas.taxonomy import CATEGORY_NAMES, RATINGS, PromptVersion
+from tests.worker.local.conftest import prepared, tiny_settings, wait_ready
+from tests.worker.local.tiny_models import build_tiny_onevision
+from worker.inference.base import InferenceRequest, InferenceResult
+from worker.inference.local import TransformersBackend
 
 OV_MODEL = "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV"
 POLICY_TEXT = DEFAULT_POLICY.text(PromptVersion.V1_2)
