@@ -26,6 +26,8 @@ from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.local import TransformersBackend
 
 POLICY_TEXT = DEFAULT_POLICY.text(PromptVersion.V1_1)
+# Batching tests: a window far longer than the callers need to arrive; the batch closes when it is full.
+WINDOW_MS = 1000.0
 # json.dumps(indent=4) of a verdict; the rationale may hold raw control characters (not CR/LF), never escapes.
 TRAINED_LAYOUT = {
     True: re.compile(
@@ -118,7 +120,7 @@ def test_a_verdict_only_request_gets_rating_and_category_without_rationale(
 def test_concurrent_requests_are_generated_in_one_padded_batch(tiny_llava_dir: Path) -> None:
     """Six callers inside a wide batching window: one ``generate`` call with all six rows, each its own answer."""
     backend = TransformersBackend(
-        tiny_settings(tiny_llava_dir, local_batch_wait_ms=1000, local_max_batch_size=8), get_model(TINY_MODEL)
+        tiny_settings(tiny_llava_dir, local_batch_wait_ms=WINDOW_MS, local_max_batch_size=6), get_model(TINY_MODEL)
     )
     try:
         wait_ready(backend)
@@ -156,7 +158,9 @@ def test_concurrent_requests_are_generated_in_one_padded_batch(tiny_llava_dir: P
 
 
 def test_an_undecodable_image_fails_alone_and_its_batch_neighbours_still_get_verdicts(tiny_llava_dir: Path) -> None:
-    backend = TransformersBackend(tiny_settings(tiny_llava_dir, local_batch_wait_ms=1000), get_model(TINY_MODEL))
+    backend = TransformersBackend(
+        tiny_settings(tiny_llava_dir, local_batch_wait_ms=WINDOW_MS, local_max_batch_size=3), get_model(TINY_MODEL)
+    )
     good = prepared()
     broken = PreparedImage(**{**good.__dict__, "payload": b"not an image at all"})
     try:
@@ -171,7 +175,9 @@ def test_an_undecodable_image_fails_alone_and_its_batch_neighbours_still_get_ver
 
 def test_out_of_memory_splits_the_batch_until_it_fits(tiny_llava_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch larger than two rows 'does not fit' (injected); the backend halves it and every caller is served."""
-    backend = TransformersBackend(tiny_settings(tiny_llava_dir, local_batch_wait_ms=1000), get_model(TINY_MODEL))
+    backend = TransformersBackend(
+        tiny_settings(tiny_llava_dir, local_batch_wait_ms=WINDOW_MS, local_max_batch_size=4), get_model(TINY_MODEL)
+    )
     try:
         wait_ready(backend)
         local = backend.local_model

@@ -33,7 +33,9 @@ POLICY_TEXT = DEFAULT_POLICY.text(PromptVersion.V1_2)
 @pytest.fixture(scope="module")
 def ov_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersBackend]:
     path = build_tiny_onevision(tmp_path_factory.mktemp("tiny-ov") / "checkpoint")
-    backend = TransformersBackend(tiny_settings(path, model=OV_MODEL, local_batch_wait_ms=500), get_model(OV_MODEL))
+    backend = TransformersBackend(
+        tiny_settings(path, model=OV_MODEL, local_batch_wait_ms=1000, local_max_batch_size=3), get_model(OV_MODEL)
+    )
     wait_ready(backend)
     yield backend
     backend.close()
