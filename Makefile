@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SGLANG ?=
+# The local backend's torch: pinned so pip takes the CPU wheel lying in its find-links (plain `torch` would
+# pull a multi-GB CUDA build). On a GPU machine: make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -16,10 +19,10 @@ help:  ## List targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q '$(TORCH_SPEC)' -e '.[dev,local]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv and install guardq with its dev tools
+install: $(STAMP)  ## Create .venv and install guardq with its dev tools and the local (transformers) extra
 
 services:  ## Make sure a Redis can be started or reached for the tests
 	@bash infra/dev/ensure-services.sh

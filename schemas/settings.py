@@ -6,6 +6,7 @@ A bad value stops the process with one line naming the variable (see :func:`load
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError, GuardqError
 from schemas.models import DEFAULT_MODEL, get_model
+from schemas.verdict import RATIONALE_MAX_CHARS
 
 ENV_PREFIX = "GUARDQ_"
 
@@ -90,6 +92,14 @@ class Settings(BaseSettings):
     verdict_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)  # 0 turns the verdict cache off
     verdict_cache_wait_s: float = Field(default=60.0, ge=0)  # how long a duplicate waits for the first
 
+    # Local transformers backend (GUARDQ_BACKEND=transformers, pip install 'guardq[local]')
+    local_model_path: str | None = None  # a local -hf checkpoint dir or hub id; default: the model's hf_checkpoint
+    local_device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    local_batch_wait_ms: float = Field(default=20.0, ge=0.0, le=1000.0)  # dynamic batching window
+    local_max_batch_size: int = Field(default=8, ge=1, le=256)
+    local_timeout_s: float = Field(default=600.0, gt=0)  # one infer() call, queueing included
+    local_rationale_max_chars: int = Field(default=RATIONALE_MAX_CHARS, ge=1, le=RATIONALE_MAX_CHARS)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -119,6 +129,13 @@ class Settings(BaseSettings):
             return get_model(value).name
         except GuardqError as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("local_device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
 
     @field_validator("url_allowed_networks", "webhook_allowed_networks")
     @classmethod

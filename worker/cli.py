@@ -28,7 +28,7 @@ def _wait_ready(timeout_s: float) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        time.sleep(1.0)
+        time.sleep(0.2)
 
 
 @cli.command()
@@ -38,7 +38,9 @@ def run(
     concurrency: Annotated[int | None, typer.Option(min=1, help="Jobs in flight (threads).")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name, e.g. gpu0@host.")] = None,
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: the model's).")] = None,
-    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to be ready.")] = 600.0,
+    ready_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the SGLang server (or the local model) to be ready.")
+    ] = 600.0,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Start one worker: consumes the model's queues (interactive first, then bulk) with a threads pool."""
@@ -58,8 +60,18 @@ def run(
     # Celery's per-task "received"/"succeeded" lines duplicate our structured job_finished line and cost CPU.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    if settings.backend == "sglang" and not _wait_ready(ready_timeout):
-        typer.echo(f"guardq worker: no SGLang server ready at {settings.sglang_url} after {ready_timeout:g}s", err=True)
+    try:
+        ready = _wait_ready(ready_timeout)  # SGLang answering, or the local model loaded, before consuming jobs
+    except ConfigError as exc:
+        typer.echo(f"guardq worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not ready:
+        where = (
+            f"no SGLang server ready at {settings.sglang_url}"
+            if settings.backend == "sglang"
+            else "the local transformers model did not load"
+        )
+        typer.echo(f"guardq worker: {where} after {ready_timeout:g}s", err=True)
         raise typer.Exit(3)
     from worker.app import app
 

@@ -157,7 +157,9 @@ def start_seaweed(workdir: Path) -> Service:
     return Service(proc, url, workdir, log, extra={"access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY})
 
 
-def start_worker(env: dict[str, str], workdir: Path, *, name: str = "w1", args: list[str] | None = None) -> Service:
+def start_worker(
+    env: dict[str, str], workdir: Path, *, name: str = "w1", args: list[str] | None = None, timeout_s: float = 60
+) -> Service:
     """A real ``python -m worker`` process; returns once its Celery consumer is up (it logs 'ready')."""
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"worker-{name}.log"
@@ -173,5 +175,5 @@ def start_worker(env: dict[str, str], workdir: Path, *, name: str = "w1", args: 
         start_new_session=True,
     )
     service = Service(proc, hostname, workdir, log)
-    wait_until(lambda: " ready." in log.read_text(errors="replace"), 60, f"worker {name}", proc)
+    wait_until(lambda: " ready." in log.read_text(errors="replace"), timeout_s, f"worker {name}", proc)
     return service

@@ -20,17 +20,23 @@ class InvalidModelOutput(PermanentError):
     code = ErrorCode.INVALID_MODEL_OUTPUT
 
 
-def parse_verdict(text: str, *, with_rationale: bool = True, unsafe_score: float | None = None) -> Verdict:
-    """Parse the JSON object the model produced; tolerate text around it, never guess missing fields."""
+def parse_verdict(
+    text: str, *, with_rationale: bool = True, unsafe_score: float | None = None, strict: bool = True
+) -> Verdict:
+    """Parse the JSON object the model produced; tolerate text around it, never guess missing fields.
+
+    ``strict=False`` accepts raw control characters inside strings (``json.loads(strict=False)``): grammar-
+    constrained decoding may emit them in the rationale, where they are data, not a syntax error.
+    """
     candidate = text.strip()
     try:
-        payload = json.loads(candidate)
+        payload = json.loads(candidate, strict=strict)
     except json.JSONDecodeError:
         start, end = candidate.find("{"), candidate.rfind("}")
         if start < 0 or end <= start:
             raise InvalidModelOutput(f"model output is not JSON: {candidate[:120]!r}") from None
         try:
-            payload = json.loads(candidate[start : end + 1])
+            payload = json.loads(candidate[start : end + 1], strict=strict)
         except json.JSONDecodeError as exc:
             raise InvalidModelOutput(f"model output is not valid JSON ({exc.msg}): {candidate[:120]!r}") from None
     if not isinstance(payload, dict):
