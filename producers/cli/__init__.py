@@ -10,6 +10,7 @@ import typer
 
 from producers.cli.enqueue import enqueue
 from producers.cli.events import events_cli
+from producers.cli.fleet import fleet_cli
 from producers.cli.policy import policy_cli
 from producers.cli.status import status
 
@@ -24,6 +25,7 @@ app.command("enqueue")(enqueue)
 app.command("status")(status)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
+app.add_typer(fleet_cli, name="fleet")
 
 
 @app.command(

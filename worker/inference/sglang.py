@@ -189,12 +189,19 @@ class SGLangBackend:
             self._info = described
         return self._info
 
-    def ready(self) -> bool:
+    def ready(self, timeout_s: float = 5.0) -> bool:
         """True when the server can take requests: ``/ready`` (SGLang ≥0.5), else ``/health``."""
         try:
-            response = self._http.get("/ready", timeout=5.0)
+            response = self._http.get("/ready", timeout=timeout_s)
             if response.status_code == 404:
-                response = self._http.get("/health", timeout=5.0)
+                response = self._http.get("/health", timeout=timeout_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
+
+    def live(self, timeout_s: float = 5.0) -> bool:
+        """True when ``/health`` answers 200 (the liveness probe; 0.5.x runs a one-token generate behind it)."""
+        try:
+            return self._http.get("/health", timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
