@@ -190,6 +190,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDQ_")}
     return subprocess.run(
         [str(Path(PY).parent / "guardq"), *args],
+        check=False,
         capture_output=True,
         text=True,
         env=env,
