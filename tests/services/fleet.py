@@ -143,7 +143,7 @@ def clear_registry(client: redis.Redis[bytes]) -> None:
     client.delete(FLEET_NODES)
 
 
-def s3_jobs(s3_client: Any, count: int, model: str, **job_fields: Any) -> list[ModerationJob]:
+def s3_jobs(s3_client: Any, count: int, model: str | None, **job_fields: Any) -> list[ModerationJob]:
     """``count`` jobs for ``model``, each on its own small S3 object (one upload, many keys)."""
     data = images.solid((40, 120, 200), (64, 48))
     jobs = []
