@@ -96,8 +96,9 @@ def snapshot(client: redis.Redis[bytes], *, all_queues: bool = False) -> dict[st
     """Nodes, queue depths (non-empty or consumed ones unless ``all_queues``) and fleet totals, JSON-ready."""
     now = time.time()
     nodes = read_nodes(client, now=now)
-    depths = queue_depths(client)
     consumed = {q for n in nodes if not n.lost for q in n.get("queues").split(",") if q}
+    known = [q for spec in MODELS.values() for q in model_queues(spec)]
+    depths = queue_depths(client, known + sorted(consumed - set(known)))
     shown = {q: d for q, d in depths.items() if all_queues or d > 0 or q in consumed}
     live = [n for n in nodes if not n.lost]
     return {
