@@ -69,8 +69,9 @@ def test_a_resumed_worker_takes_every_waiting_interactive_job_before_any_bulk_on
     redis_client: redis_lib.Redis,
     own_server: SimulatedSGLang,
 ) -> None:
-    """One job at a time, so the server's request order is the consumption order: all interactive, then bulk,
-    each queue first in, first out. It also shows the pause/resume keeps interactive first."""
+    """One job at a time, so the server's request order is the consumption order: all interactive, then bulk.
+    It also shows the pause/resume keeps interactive first. (FIFO within a queue is not asserted: a BRPOP already
+    waiting when the pause landed may pop the first bulk job; kombu then requeues it, at the far end.)"""
     purge(redis_client, PRIORITY_MODEL)
     worker = model_worker(worker_env, session_dir / "prio", PRIORITY_MODEL, own_server.url, "prio")
     node = f"prio-{os.getpid()}@localhost"
@@ -88,7 +89,8 @@ def test_a_resumed_worker_takes_every_waiting_interactive_job_before_any_bulk_on
         worker.stop()
     assert all(e.completed for e in events.values())
     served = [str(r["rid"]).split(".")[0] for r in own_server.chat_requests()]
-    assert [j.job_id for j in interactive] + [j.job_id for j in bulk] == served
+    assert 12 == len(served)
+    assert ({j.job_id for j in interactive}, {j.job_id for j in bulk}) == (set(served[:4]), set(served[4:]))
 
 
 def test_a_backfill_never_starves_live_moderation(
