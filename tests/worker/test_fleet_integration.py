@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producers.broker import JobQueue
 from producers.events import last_id
-from schemas.keys import model_queues
+from schemas.keys import fleet_node_key, model_queues
 from schemas.models import get_model
 from tests.services.fleet import (
     Fleet,
@@ -40,6 +40,7 @@ from tests.sglang_server import SimulatedSGLang
 pytestmark = pytest.mark.integration
 MODEL = "AIML-TUDA/LlavaGuard-13B"
 DRAIN_MODEL = "AIML-TUDA/LlavaGuard-v1.1-7B-hf"
+ATTACH_MODEL = "AIML-TUDA/LlavaGuard-v1.1-13B-hf"
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,51 @@ def test_sigterm_during_load_drains_in_flight_jobs_and_loses_none(
         finisher.stop()
     assert all(e.completed for e in events.values())
     assert {1} == set(events_per_job(redis_client, set(ids)).values())
+
+
+def test_repeated_sglang_urls_attach_one_supervised_worker_to_each_running_server(
+    worker_env: dict[str, str],
+    session_dir: Path,
+    job_queue: JobQueue,
+    s3_client: Any,
+    redis_client: redis_lib.Redis,
+) -> None:
+    purge(redis_client, ATTACH_MODEL)
+    servers = [SimulatedSGLang(latency_s=0.05).start() for _ in range(2)]
+    log_dir = session_dir / "attach"
+    env = {
+        **os.environ,
+        **worker_env,
+        "PYTHONUNBUFFERED": "1",
+        "GUARDQ_HEARTBEAT_INTERVAL_S": "0.5",
+        "GUARDQ_METRICS_PORT": "0",
+    }
+    args = [sys.executable, "-m", "worker", "--model", ATTACH_MODEL, "--concurrency", "2", "--node-host", "pod"]
+    for server in servers:
+        args += ["--sglang-url", server.url]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "launcher.log").open("wb") as out:
+        launcher = subprocess.Popen([*args, "--log-dir", str(log_dir)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    nodes = ["sglang0@pod", "sglang1@pod"]
+    try:
+
+        def attached(node: str) -> bool:
+            fields = redis_client.hmget(fleet_node_key(node), ["server_state", "consuming"])
+            return [b"attached", b"1"] == fields
+
+        for node in nodes:
+            wait_until(lambda n=node: attached(n), 30, f"{node} attached", launcher)
+        jobs = s3_jobs(s3_client, 12, ATTACH_MODEL)
+        events = send_and_collect(job_queue, jobs)
+        assert all(e.completed for e in events.values())
+        ids = {j.job_id for j in jobs}
+        for node, server in zip(nodes, servers, strict=True):
+            served = {str(r["rid"]).split(".")[0] for r in server.chat_requests()} & ids
+            assert served
+            assert {node} == {ran_on(redis_client, j)[0] for j in served}
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        assert 0 == launcher.wait(30)
+        for server in servers:
+            server.stop()
+    assert [0, 0] == [redis_client.exists(fleet_node_key(n)) for n in nodes]  # a clean stop leaves no trace
