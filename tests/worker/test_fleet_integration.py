@@ -53,7 +53,7 @@ def fleet(worker_env: dict[str, str], session_dir: Path, redis_client: redis_lib
         model=MODEL,
         concurrency=4,
         server_args="--latency 0.05",
-        extra_env={"GUARDQ_SGLANG_RESTART_BACKOFF_S": "4"},
+        extra_env={"GUARDQ_SGLANG_RESTART_BACKOFF_S": "4", "GUARDQ_SGLANG_LIVENESS_FAILURES": "2"},
     )
     yield launched
     assert 0 == launched.terminate()
@@ -158,6 +158,24 @@ def test_a_killed_server_pauses_its_worker_the_other_keeps_going_and_work_resume
     resumed = served_jobs(fleet, 1, {j.job_id for j in after})  # the new server process's own request log
     assert resumed
     assert {victim} == {ran_on(redis_client, j)[0] for j in resumed}
+
+
+def test_a_server_failing_its_health_checks_is_killed_and_restarted_while_its_worker_waits(
+    fleet: Fleet, job_queue: JobQueue, s3_client: Any
+) -> None:
+    node = fleet.nodes[0]
+    before = int(fleet.node(node)["server_restarts"])
+    httpx.post(f"{fleet.server_url(0)}/_control/configure", json={"ready": False}, timeout=5)  # alive but unhealthy
+    wait_until(lambda: fleet.node(node).get("consuming") == "0", 10, "worker paused", fleet.proc)
+    wait_until(
+        lambda: int(fleet.node(node)["server_restarts"]) == before + 1 and fleet.serving(node),
+        30,
+        "unhealthy server replaced and its worker consuming again",
+        fleet.proc,
+    )
+    assert "/health failed 2 times in a row" in fleet.log("launcher")
+    events = send_and_collect(job_queue, s3_jobs(s3_client, 8, MODEL))
+    assert all(e.completed for e in events.values())
 
 
 def test_sigterm_during_load_drains_in_flight_jobs_and_loses_none(
