@@ -81,6 +81,11 @@ def test_each_fake_gpu_gets_its_own_server_and_each_worker_talks_only_to_its_own
     assert per_server[0] and per_server[1]
     assert ids == per_server[0] | per_server[1]
     assert not per_server[0] & per_server[1]
+    for index, gpu in enumerate(("7", "9")):  # JSON log lines carry job id, tenant, model and GPU
+        lines = [json.loads(line) for line in fleet.log(f"worker-{index}").splitlines() if line.startswith("{")]
+        finished = [line for line in lines if line.get("event") == "job_finished" and line.get("job_id") in ids]
+        assert finished
+        assert {("default", "llavaguard-13b", gpu)} == {(x["tenant"], x["model"], x["gpu"]) for x in finished}
 
 
 def test_the_worker_metrics_endpoint_reports_jobs_stages_in_flight_and_queue_depths(
