@@ -57,6 +57,8 @@ def wait_for(
         if event is not None:
             pending.discard(job_id)
             yield event
+    if not pending:
+        return
     deadline = time.monotonic() + timeout_s
     for _, event in read_events(client, after=after, deadline=deadline):
         if event.data.job_id in pending:

@@ -16,6 +16,11 @@ def queue_name(model: ModelSpec, priority: Priority = Priority.INTERACTIVE) -> s
     return base if priority is Priority.INTERACTIVE else f"{base}.bulk"
 
 
+def model_queues(model: ModelSpec) -> list[str]:
+    """A model's queues in consumption order: interactive first, then bulk."""
+    return [queue_name(model, Priority.INTERACTIVE), queue_name(model, Priority.BULK)]
+
+
 def job_key(job_id: str) -> str:
     """Hash holding a job's state (queued/running/completed/failed), attempts and terminal event."""
     return f"{KEY_PREFIX}:job:{job_id}"
@@ -72,3 +77,15 @@ def callback_secret_key(tenant: str) -> str:
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
     """A cached verdict for these image bytes under this policy text, model and request variant."""
     return f"{KEY_PREFIX}:cache:{model_slug}:{policy_sha256}:{image_sha256}:{variant}"
+
+
+FLEET_NODES = f"{KEY_PREFIX}:fleet:nodes"
+
+
+def fleet_node_key(node: str) -> str:
+    """Hash describing one worker node (``gpu0@host``): its server, model, GPU, in-flight and throughput.
+
+    Written by the worker's heartbeat and by the launcher that supervises it, read by ``guardq fleet status``;
+    it expires when neither refreshes it. ``FLEET_NODES`` (a sorted set scored by last heartbeat) indexes them.
+    """
+    return f"{KEY_PREFIX}:fleet:node:{node}"

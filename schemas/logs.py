@@ -56,3 +56,5 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per request (health probes every second) is noise
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))

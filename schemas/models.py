@@ -33,12 +33,17 @@ class ModelSpec(BaseModel):
 
     def sglang_launch_args(self, *, port: int = 10000, host: str = "127.0.0.1") -> list[str]:
         """``python -m sglang.launch_server`` arguments for this checkpoint (chat template always explicit)."""
-        args = ["python", "-m", "sglang.launch_server", "--model-path", self.name]
+        return ["python", "-m", "sglang.launch_server", *self.sglang_server_args(port=port, host=host)]
+
+    def sglang_server_args(self, *, port: int, host: str = "127.0.0.1", tp: int | None = None) -> list[str]:
+        """The model's server flags alone (``--model-path`` ... ``--tp``); ``tp`` overrides the registry's."""
+        args = ["--model-path", self.name]
         if self.tokenizer_path:
             args += ["--tokenizer-path", self.tokenizer_path]
         args += ["--chat-template", self.chat_template, "--host", host, "--port", str(port)]
-        if self.tp > 1:
-            args += ["--tp", str(self.tp)]
+        tp = tp or self.tp
+        if tp > 1:
+            args += ["--tp", str(tp)]
         return args
 
     @property

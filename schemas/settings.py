@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError, GuardqError
@@ -100,6 +102,29 @@ class Settings(BaseSettings):
     local_timeout_s: float = Field(default=600.0, gt=0)  # one infer() call, queueing included
     local_rationale_max_chars: int = Field(default=RATIONALE_MAX_CHARS, ge=1, le=RATIONALE_MAX_CHARS)
 
+    # GPU fleet (`guardq worker --gpus`): one SGLang server per GPU (group), each with a supervised worker
+    sglang_launch_cmd: str | None = None  # shell words; default "<this python> -m sglang.launch_server"
+    sglang_host: str = "127.0.0.1"  # where launched servers listen (workers reach them on the same host)
+    sglang_base_port: int = Field(default=30000, ge=1, le=65000)  # server i listens on base + i
+    sglang_tp: int | None = Field(default=None, ge=1, le=16)  # GPUs per server; default: the model's tp
+    sglang_mem_fraction_static: float | None = Field(default=None, gt=0, lt=1)
+    sglang_max_running_requests: int | None = Field(default=None, ge=1)
+    sglang_max_queued_requests: int | None = Field(default=None, ge=1)
+    sglang_extra_args: str = ""  # further launch_server flags, shell words
+    sglang_ready_timeout_s: float = Field(default=1800.0, gt=0)  # weights download + load + CUDA graphs
+    sglang_restart_backoff_s: float = Field(default=2.0, gt=0)
+    sglang_restart_backoff_max_s: float = Field(default=120.0, gt=0)
+    sglang_liveness_failures: int = Field(default=6, ge=1)  # failed /health probes in a row before a restart
+    fleet_probe_interval_s: float = Field(default=5.0, gt=0)  # launcher's /health probe period
+    fleet_drain_timeout_s: float = Field(default=600.0, gt=0)  # SIGTERM: wait this long for in-flight jobs
+    server_watch_interval_s: float = Field(default=1.0, gt=0)  # worker's readiness probe of its own server
+    gpu: str | None = None  # GPU label of this worker (the launcher sets its server's CUDA_VISIBLE_DEVICES)
+
+    # Observability
+    metrics_port: int = Field(default=9400, ge=0, le=65535)  # Prometheus endpoint; 0 = off; fleet worker i: +i
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers so Prometheus can scrape
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)  # fleet registry refresh (guardq fleet status)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -157,6 +182,29 @@ class Settings(BaseSettings):
         if value is not None and (urlsplit(value).scheme != "s3" or not urlsplit(value).netloc):
             raise ValueError("must be s3://bucket[/prefix]")
         return value.rstrip("/") if value else value
+
+    @field_validator("sglang_launch_cmd", "sglang_extra_args")
+    @classmethod
+    def _shell_words(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            words = shlex.split(value)  # ValueError on unbalanced quotes
+            if not words and info.field_name == "sglang_launch_cmd":
+                raise ValueError("is blank; unset it for the default python -m sglang.launch_server")
+        return value
+
+    @field_validator("sglang_restart_backoff_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("sglang_restart_backoff_s")
+        if base is not None and value < base:
+            raise ValueError("must be >= GUARDQ_SGLANG_RESTART_BACKOFF_S")
+        return value
+
+    def sglang_launch_words(self) -> list[str]:
+        """The server command before its flags: ``GUARDQ_SGLANG_LAUNCH_CMD`` or this Python's sglang module."""
+        if self.sglang_launch_cmd:
+            return shlex.split(self.sglang_launch_cmd)
+        return [sys.executable, "-m", "sglang.launch_server"]
 
     def broker_transport_options(self) -> dict[str, object]:
         """Kombu options shared by producers and workers (they must agree on the visibility timeout)."""

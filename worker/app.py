@@ -7,15 +7,17 @@ Delivery decisions, each deliberate:
   for other GPUs.
 - JSON only, no result backend: events on the stream are the results; nothing piles up in Redis.
 - One visibility timeout for broker and workers (``GUARDQ_VISIBILITY_TIMEOUT_S``), longer than any retry delay.
+- Remote control stays on: the server watch pauses/resumes consumption with ``cancel_consumer``/``add_consumer``
+  and Flower inspects workers through it (``worker.lifecycle`` starts the watch, metrics and heartbeat; it also
+  closes the runtime at shutdown).
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_shutdown
 
 from schemas.job import Priority
-from schemas.keys import queue_name
+from schemas.keys import model_queues, queue_name
 from schemas.models import get_model
 from schemas.settings import Settings, load_settings
 from worker import kombu_compat
@@ -24,7 +26,7 @@ from worker import kombu_compat
 def create_app(settings: Settings) -> Celery:
     kombu_compat.install()
     model = get_model(settings.model)
-    app = Celery("guardq", broker=settings.redis_url, include=["worker.tasks"], set_as_current=True)
+    app = Celery("guardq", broker=settings.redis_url, include=["worker.tasks", "worker.lifecycle"], set_as_current=True)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -49,15 +51,8 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
-    app.conf.guardq_queues = [queue_name(model, Priority.INTERACTIVE), queue_name(model, Priority.BULK)]
+    app.conf.guardq_queues = model_queues(model)
     return app
 
 
 app = create_app(load_settings())
-
-
-@worker_shutdown.connect  # type: ignore[untyped-decorator]
-def _close_runtime(**_: object) -> None:
-    from worker.runtime import close_runtime
-
-    close_runtime()

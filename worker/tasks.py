@@ -10,16 +10,19 @@ from celery import Task
 from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
-from schemas.errors import GuardqError
+from schemas.errors import ErrorCode, GuardqError
 from schemas.events import CloudEvent
 from schemas.keys import TASK_MODERATE
 from worker.app import app
 from worker.eventbuild import failed_event
+from worker.lifecycle import server_is_down, server_unreachable
+from worker.metrics import get_metrics
 from worker.pipeline import Progress, parse_job
 from worker.retry import backoff_s, should_retry
 from worker.runtime import Runtime, get_runtime
 
 log = structlog.get_logger("guardq.worker")
+SERVER_DOWN_GRACE_S = 1.0  # a job that finds its server down waits this long for it before going back to the queue
 
 
 def _job_id(message: Any, task_id: str) -> str:
@@ -38,16 +41,26 @@ def moderate(self: Task, job: Any) -> None:
     message stays unacknowledged and is redelivered after the visibility timeout.
     """
     rt = get_runtime()
+    meter = get_metrics()
     retries = int(self.request.retries or 0)
     job_id = _job_id(job, str(self.request.id))
-    structlog.contextvars.bind_contextvars(job_id=job_id, attempt=retries + 1, model=rt.model.slug)
+    structlog.contextvars.bind_contextvars(job_id=job_id, attempt=retries + 1, model=rt.model.slug, gpu=rt.settings.gpu)
     try:
         if not rt.publisher.begin(job_id, retries + 1, str(self.request.hostname or rt.hostname)):
+            meter.duplicate_delivery()
             log.info("job_already_finished")
             return
-        progress = Progress()
-        event = _run(self, rt, job, job_id, retries, progress)
-        sid = _publish(rt, event, callback_url=progress.job.callback_url if progress.job else None)
+        if server_is_down(wait_s=SERVER_DOWN_GRACE_S):
+            # Taken in the moment before the pause reached the consumer: hand it back untouched, no retry spent.
+            meter.requeue("server_down")
+            log.warning("job_requeued_server_down")
+            raise Reject("inference server is down", requeue=True)
+        with meter.running():
+            progress = Progress()
+            event = _run(self, rt, job, job_id, retries, progress)
+            started = time.perf_counter()
+            sid = _publish(rt, event, callback_url=progress.job.callback_url if progress.job else None)
+            meter.finished(event, publish_s=time.perf_counter() - started, duplicate=sid is None)
         log.info(
             "job_finished",
             type=event.type.value,
@@ -91,8 +104,11 @@ def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int, progr
     except RedisError:
         raise
     except GuardqError as exc:
+        if exc.code is ErrorCode.INFERENCE_UNAVAILABLE:
+            server_unreachable()
         if should_retry(exc, retries, rt.settings):
             delay = backoff_s(retries, rt.settings, retry_after=getattr(exc, "retry_after", None))
+            get_metrics().retry(exc.code.value)
             log.warning("job_retry", code=exc.code.value, error=exc.message, delay_s=delay)
             raise task.retry(countdown=delay, max_retries=rt.settings.max_retries) from None
         error: Exception = exc

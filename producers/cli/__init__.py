@@ -11,6 +11,7 @@ import typer
 from producers.cli.enqueue import enqueue
 from producers.cli.evaluate import evaluate
 from producers.cli.events import events_cli
+from producers.cli.fleet import fleet_cli
 from producers.cli.policy import policy_cli
 from producers.cli.results import results_cli
 from producers.cli.status import status
@@ -30,6 +31,7 @@ app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
 app.add_typer(webhooks_cli, name="webhooks")
 app.add_typer(results_cli, name="results")
+app.add_typer(fleet_cli, name="fleet")
 
 
 @app.command(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from producers.events import last_id, wait_for
 from schemas.events import EventType, event_id
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import TASK_MODERATE, job_key
@@ -168,12 +169,9 @@ def test_malformed_messages_on_the_queue_fail_as_invalid_job(runner: Runner) -> 
         {"job_id": ids[1]},
         "not an object",
     ]
-    start = runner.queue.redis.xrevrange("guardq:verdicts", count=1)
-    after = start[0][0].decode() if start else "0-0"
+    after = last_id(runner.queue.redis)
     for task_id, body in zip(ids, bodies, strict=True):
         queue.celery.send_task(TASK_MODERATE, args=[body], queue="guardq.llavaguard-7b", task_id=task_id)
-    from producers.events import wait_for
-
     events = {e.data.job_id: e for e in wait_for(queue.redis, ids, after=after, timeout_s=30)}
     assert set(ids) == set(events)
     for e in events.values():
@@ -185,12 +183,10 @@ def test_unknown_model_and_unknown_policy_fail_at_once_with_their_codes(runner: 
     a = job(uri, policy_ref="no-such-policy")
     msg = job(uri).to_message() | {"model": "AIML-TUDA/LlavaGuard-999B"}
     raw_id = msg["job_id"]
-    after = runner.queue.redis.xrevrange("guardq:verdicts", count=1)[0][0].decode()
+    after = last_id(runner.queue.redis)
     runner.queue.celery.send_task(TASK_MODERATE, args=[msg], queue="guardq.llavaguard-7b", task_id=raw_id)
     events = runner.run(a)
     assert events[a.job_id].data.error is not None and events[a.job_id].data.error.code == "policy_unknown"
-    from producers.events import wait_for
-
     [other] = list(wait_for(runner.queue.redis, [raw_id], after=after, timeout_s=30))
     assert other.data.error is not None and other.data.error.code == "model_unknown"
 

@@ -173,12 +173,19 @@ class SGLangBackend:
             self._info = described
         return self._info
 
-    def ready(self) -> bool:
+    def ready(self, timeout_s: float = 5.0) -> bool:
         """True when the server can take requests: ``/ready`` (SGLang ≥0.5), else ``/health``."""
         try:
-            response = self._http.get("/ready", timeout_s=5.0)
+            response = self._http.get("/ready", timeout_s=timeout_s)
             if response.status == 404:
-                response = self._http.get("/health", timeout_s=5.0)
+                response = self._http.get("/health", timeout_s=timeout_s)
         except TRANSPORT_ERRORS:
             return False
         return response.status == 200
+
+    def live(self, timeout_s: float = 5.0) -> bool:
+        """True when ``/health`` answers 200 (the liveness probe; 0.5.x runs a one-token generate behind it)."""
+        try:
+            return self._http.get("/health", timeout_s=timeout_s).status == 200
+        except TRANSPORT_ERRORS:
+            return False

@@ -1,0 +1,174 @@
+"""The fleet plan: for each GPU (group) the exact SGLang server command and the worker bound to it.
+
+``guardq worker --gpus 0,1`` launches the plan (``worker.fleet.supervisor``); ``--dry-run`` prints it. Each slot
+is one server pinned with ``CUDA_VISIBLE_DEVICES`` on port ``GUARDQ_SGLANG_BASE_PORT + i`` and one Celery worker
+(node ``gpu<i>@host``) whose requests go only to that server. ``--sglang-url`` (repeated) makes slots that attach
+workers to servers someone else runs (no server command).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from schemas.keys import model_queues
+from schemas.models import ModelSpec
+from schemas.settings import Settings
+from worker.fleet.gpus import group_gpus
+
+HEADROOM = 1.25  # jobs in flight per server slot: its running batch plus jobs busy fetching/preparing/publishing
+
+
+@dataclass(frozen=True)
+class Command:
+    """A process to start: its argv and the environment variables the launcher sets on top of its own."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        """One copy-pasteable line: ``VAR=value ... argv``."""
+        assignments = [f"{key}={shlex.quote(value)}" for key, value in self.env.items()]
+        return " ".join([*assignments, shlex.join(self.argv)])
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One server (or attached URL) and its worker."""
+
+    index: int
+    node: str
+    url: str
+    gpus: tuple[str, ...]
+    worker: Command
+    server: Command | None
+    metrics_port: int
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    model: ModelSpec
+    tp: int
+    slots: list[Slot]
+    queues: list[str]
+
+    def render(self) -> str:
+        """The dry-run text: every command and the environment it gets, slot by slot."""
+        gpus = [g for slot in self.slots for g in slot.gpus]
+        where = f"GPUs {','.join(gpus)}" if gpus else f"{len(self.slots)} running server(s)"
+        lines = [
+            f"# guardq fleet: {self.model.name} (chat template {self.model.chat_template}, tp {self.tp}) on {where}",
+            f"# queues, in consumption order: {', '.join(self.queues)}",
+        ]
+        for slot in self.slots:
+            lines.append("")
+            pinned = f"GPU {','.join(slot.gpus)} -> " if slot.gpus else ""
+            lines.append(f"[{slot.node}] {pinned}{slot.url}")
+            if slot.server is not None:
+                lines.append(f"  server: {slot.server.shell()}")
+            else:
+                lines.append("  server: (already running; attached)")
+            lines.append(f"  worker: {slot.worker.shell()}")
+        return "\n".join(lines) + "\n"
+
+
+def size_concurrency(settings: Settings, explicit: int | None = None) -> int:
+    """Jobs in flight per worker: ``--concurrency``, else ``GUARDQ_WORKER_CONCURRENCY`` if set, else enough to fill
+    the server's ``--max-running-requests`` batch with headroom for the CPU stages, else the default."""
+    if explicit is not None:
+        return explicit
+    if "worker_concurrency" in settings.model_fields_set:
+        return settings.worker_concurrency
+    if settings.sglang_max_running_requests:
+        return min(1024, math.ceil(settings.sglang_max_running_requests * HEADROOM))
+    return settings.worker_concurrency
+
+
+def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tuple[str, ...], tp: int) -> Command:
+    """``<launch cmd> --model-path ... --chat-template ... --port P --enable-metrics ...`` pinned to ``gpus``."""
+    argv = [*settings.sglang_launch_words(), *model.sglang_server_args(port=port, host=settings.sglang_host, tp=tp)]
+    argv.append("--enable-metrics")
+    optional = {
+        "--mem-fraction-static": settings.sglang_mem_fraction_static,
+        "--max-running-requests": settings.sglang_max_running_requests,
+        "--max-queued-requests": settings.sglang_max_queued_requests,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += shlex.split(settings.sglang_extra_args)
+    return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus)})
+
+
+def worker_command(
+    settings: Settings, model: ModelSpec, *, node: str, url: str, concurrency: int, gpus: tuple[str, ...], metrics: int
+) -> Command:
+    """``python -m worker --hostname gpu0@host --sglang-url URL ...`` with its GPU label and metrics port."""
+    argv = [
+        sys.executable,
+        "-m",
+        "worker",
+        "--hostname",
+        node,
+        "--sglang-url",
+        url,
+        "--model",
+        model.name,
+        "--concurrency",
+        str(concurrency),
+        "--ready-timeout",
+        f"{settings.sglang_ready_timeout_s:g}",
+    ]
+    env = {"GUARDQ_METRICS_PORT": str(metrics)}
+    if gpus:
+        env = {"GUARDQ_GPU": ",".join(gpus), **env}
+    return Command(argv, env)
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104 - a bind address, mapped to loopback
+
+
+def build_plan(
+    settings: Settings,
+    model: ModelSpec,
+    *,
+    host: str,
+    gpus: list[str] | None = None,
+    urls: list[str] | None = None,
+    concurrency: int | None = None,
+) -> FleetPlan:
+    """The plan for ``--gpus`` (launch servers) or ``--sglang-url`` (attach to running ones)."""
+    tp = settings.sglang_tp or model.tp
+    per_worker = size_concurrency(settings, concurrency)
+    slots: list[Slot] = []
+    if gpus:
+        for index, group in enumerate(group_gpus(gpus, tp)):
+            port = settings.sglang_base_port + index
+            url = f"http://{_client_host(settings.sglang_host)}:{port}"
+            node = f"gpu{'-'.join(group)}@{host}"
+            metrics = settings.metrics_port + index if settings.metrics_port else 0
+            slots.append(
+                Slot(
+                    index=index,
+                    node=node,
+                    url=url,
+                    gpus=group,
+                    server=server_command(settings, model, port=port, gpus=group, tp=tp),
+                    worker=worker_command(
+                        settings, model, node=node, url=url, concurrency=per_worker, gpus=group, metrics=metrics
+                    ),
+                    metrics_port=metrics,
+                )
+            )
+    for url in urls or []:
+        index = len(slots)
+        node = f"sglang{index}@{host}"
+        metrics = settings.metrics_port + index if settings.metrics_port else 0
+        command = worker_command(
+            settings, model, node=node, url=url.rstrip("/"), concurrency=per_worker, gpus=(), metrics=metrics
+        )
+        slots.append(Slot(index, node, url.rstrip("/"), (), command, None, metrics))
+    return FleetPlan(model=model, tp=tp, slots=slots, queues=model_queues(model))

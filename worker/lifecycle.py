@@ -1,0 +1,133 @@
+"""What a worker process runs beside Celery's consumer: the metrics endpoint, the server watch, the heartbeat.
+
+Started on ``worker_ready`` (the consumer is up and knows its node name and queues), told to wind down on
+``worker_shutting_down`` (no Redis I/O in a signal handler: it only flips flags), stopped on ``worker_shutdown``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from prometheus_client import REGISTRY
+
+from worker import metrics
+from worker.heartbeat import Heartbeat
+from worker.runtime import close_runtime, get_runtime
+from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
+
+log = structlog.get_logger("guardq.lifecycle")
+
+
+@dataclass
+class Services:
+    node: str
+    queues: list[str]
+    started_at: float
+    metrics_url: str
+    watch: ServerWatch | None = None
+    heartbeat: Heartbeat | None = None
+    draining: bool = False
+
+
+_services: Services | None = None
+
+
+def server_is_down(wait_s: float = 0.0) -> bool:
+    """True when this worker's server is known to be down (after waiting up to ``wait_s`` for it to return)."""
+    services = _services
+    if services is None or services.watch is None:
+        return False
+    return not services.watch.wait_up(wait_s) if wait_s > 0 else not services.watch.up
+
+
+def server_unreachable() -> None:
+    """A job could not reach the server: probe now instead of at the next interval."""
+    if _services is not None and _services.watch is not None:
+        _services.watch.poke()
+
+
+def _snapshot() -> dict[str, object]:
+    rt = get_runtime()
+    services = _services
+    assert services is not None
+    watch = services.watch
+    up = watch.up if watch is not None else True
+    consuming = watch.consuming if watch is not None else True
+    state = "draining" if services.draining else ("running" if consuming else "paused")
+    return {
+        "role": "worker",
+        "state": state,
+        "node": services.node,
+        "model": rt.model.name,
+        "gpu": rt.settings.gpu or "",
+        "sglang_url": rt.settings.sglang_url if rt.settings.backend == "sglang" else rt.settings.backend,
+        "server": "up" if up else "down",
+        "consuming": int(consuming),
+        "queues": ",".join(services.queues),
+        "concurrency": rt.settings.worker_concurrency,
+        "pid": os.getpid(),
+        "started_at": f"{services.started_at:.3f}",
+        "metrics_url": services.metrics_url,
+        **metrics.get_metrics().stats.snapshot(),
+    }
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start(sender: Any, **_: object) -> None:
+    global _services  # noqa: PLW0603 - one set of services per worker process
+    rt = get_runtime()
+    settings = rt.settings
+    node = str(sender.hostname)
+    queues = [str(name) for name in sender.app.amqp.queues.consume_from]
+    m = metrics.configure(model=rt.model.slug, gpu=settings.gpu or "")
+    sglang_url = settings.sglang_url if settings.backend == "sglang" else settings.backend
+    m.describe_worker(node, sglang_url)
+    m.set_server(up=True, consuming=True)
+    REGISTRY.register(metrics.QueueDepthCollector(rt.redis, queues))
+    served = metrics.serve(settings.metrics_port, settings.metrics_host)
+    advertised = socket.gethostname() if settings.metrics_host in {"0.0.0.0", "::"} else settings.metrics_host  # noqa: S104
+    services = Services(
+        node=node,
+        queues=queues,
+        started_at=time.time(),
+        metrics_url=f"http://{advertised}:{settings.metrics_port}/metrics" if served is not None else "",
+    )
+    if settings.backend == "sglang":
+        services.watch = ServerWatch(
+            rt.backend.ready,
+            RemoteConsumerSwitch(sender.app, node, queues),
+            interval_s=settings.server_watch_interval_s,
+            on_change=lambda up, consuming: m.set_server(up=up, consuming=consuming),
+        )
+    _services = services
+    if services.watch is not None:
+        services.watch.start()
+    services.heartbeat = Heartbeat(rt.redis, node, _snapshot, interval_s=settings.heartbeat_interval_s).start()
+    log.info("worker_services_started", node=node, queues=queues, metrics=services.metrics_url or None)
+
+
+@worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _draining(**_: object) -> None:
+    """Warm shutdown began: report draining and stop switching consumers (flags only, we are in a signal handler)."""
+    if _services is not None:
+        _services.draining = True
+        if _services.watch is not None:
+            _services.watch.halt()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop(**_: object) -> None:
+    """In-flight jobs are done: leave a last registry word, then close the runtime's clients."""
+    services = _services
+    if services is not None:
+        if services.watch is not None:
+            services.watch.stop()
+        if services.heartbeat is not None:
+            services.heartbeat.stop()
+    close_runtime()
