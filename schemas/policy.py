@@ -9,17 +9,13 @@ the image goes first as its own message part. Categories are never removed; the 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.policy_text import render_policy_text
 from schemas.taxonomy import (
-    CATEGORIES,
     CATEGORY_BY_CODE,
-    IMAGE_TOKEN,
-    POLICY_START_SENTENCE,
-    RESPONSE_TEMPLATES,
     Declaration,
     PromptVersion,
 )
@@ -42,22 +38,6 @@ def parse_policy_ref(ref: str) -> tuple[str, int | None]:
     if not version.isdigit() or int(version) < 1:
         raise ValueError(f"policy reference {ref!r}: the version after '@' must be a positive integer")
     return name, int(version)
-
-
-def render_policy_text(version: PromptVersion, declarations: dict[str, Declaration] | None = None) -> str:
-    """Return the policy text the model was trained on for ``version`` with the given category declarations."""
-    return _render(version, tuple(sorted((declarations or {}).items())))
-
-
-@lru_cache(maxsize=256)
-def _render(version: PromptVersion, declaration_items: tuple[tuple[str, Declaration], ...]) -> str:
-    declarations = dict(declaration_items)
-    parts = [POLICY_START_SENTENCE]
-    for category in CATEGORIES:
-        block = category.blocks[declarations.get(category.code, Declaration.DEFAULT)]
-        parts.append(f"{category.name}: \n{block}\n")
-    parts.append(RESPONSE_TEMPLATES[version])
-    return "".join(parts).replace(IMAGE_TOKEN, "").strip()
 
 
 class Policy(BaseModel):

@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from schemas.policy import DEFAULT_POLICY  # noqa: E402
+from schemas.policy_text import render_policy_text  # noqa: E402
 from schemas.taxonomy import PromptVersion  # noqa: E402
 
 IMAGE_TOKEN_ID = 151646
@@ -172,7 +172,7 @@ def timed_generate(model: Any, inputs: dict[str, Any], new_tokens: int, device: 
 
 
 def measure(model: Any, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    policy = DEFAULT_POLICY.text(PromptVersion.V1_2)
+    policy = render_policy_text(PromptVersion.V1_2)
     n_prefix = count_text_tokens(CHAT_PREFIX)
     n_text = count_text_tokens("\n" + policy + CHAT_SUFFIX)
     probe = image_inputs(model, args.image_hw, 1, device, dtype)
