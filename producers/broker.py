@@ -39,8 +39,12 @@ class JobQueue:
     def queue_for(self, job: ModerationJob) -> str:
         return queue_name(get_model(job.model or self.settings.model), job.priority)
 
-    def send(self, job: ModerationJob) -> str:
-        """Record the job as queued, then enqueue it; the task id is the job id."""
+    def send(self, job: ModerationJob, *, queue: str | None = None) -> str:
+        """Record the job as queued, then enqueue it; the task id is the job id.
+
+        ``queue`` overrides the model's queue (a backfill routed to dedicated ``guardq worker --queues`` workers).
+        """
+        target = queue or self.queue_for(job)
         key = job_key(job.job_id)
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, "state", "queued")
@@ -50,14 +54,33 @@ class JobQueue:
                 "tenant": job.tenant,
                 "image": str(job.image),
                 "created_at": job.created_at.isoformat(),
-                "queue": self.queue_for(job),
+                "queue": target,
                 "enqueued_at": time.time(),
             },
         )
         pipe.expire(key, self.settings.job_ttl_s)
         pipe.execute()
-        self.celery.send_task(TASK_MODERATE, args=[job.to_message()], queue=self.queue_for(job), task_id=job.job_id)
+        self.celery.send_task(TASK_MODERATE, args=[job.to_message()], queue=target, task_id=job.job_id)
         return job.job_id
+
+    def was_sent(self, job_id: str, queue: str, *, unacked_key: str = "unacked") -> bool:
+        """Whether a job whose send may have been cut short (a crash) reached the broker.
+
+        The job hash is written before the message, so no hash means never sent; a state past ``queued`` means a
+        worker has it; otherwise look for the task id in the waiting list and in kombu's ``unacked`` hash
+        (reserved by a worker, not started). Used once per resumed backfill, for its one in-doubt job.
+        """
+        state = self.redis.hget(job_key(job_id), "state")
+        if state is None:
+            return False
+        if state != b"queued":
+            return True
+        needle = f'"{job_id}"'.encode()
+        length = int(self.redis.llen(queue))
+        for start in range(0, length, 1000):
+            if any(needle in message for message in self.redis.lrange(queue, start, start + 999)):
+                return True
+        return any(needle in value for value in self.redis.hvals(unacked_key))
 
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (Redis list length; reserved/unacked ones are not counted)."""

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from producers.cli.backfill import backfill_cli
 from producers.cli.enqueue import enqueue
 from producers.cli.events import events_cli
 from producers.cli.policy import policy_cli
@@ -24,6 +25,7 @@ app.command("enqueue")(enqueue)
 app.command("status")(status)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
+app.add_typer(backfill_cli, name="backfill")
 
 
 @app.command(
