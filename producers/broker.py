@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cached_property
 
 import redis
@@ -39,14 +40,23 @@ class JobQueue:
     def queue_for(self, job: ModerationJob) -> str:
         return queue_name(get_model(job.model or self.settings.model), job.priority)
 
-    def send(self, job: ModerationJob, *, queue: str | None = None) -> str:
+    def send(
+        self,
+        job: ModerationJob,
+        *,
+        queue: str | None = None,
+        also: Callable[[redis.client.Pipeline[bytes]], object] | None = None,
+    ) -> str:
         """Record the job as queued, then enqueue it; the task id is the job id.
 
-        ``queue`` overrides the model's queue (a backfill routed to dedicated ``guardq worker --queues`` workers).
+        ``queue`` overrides the model's queue (a backfill routed to dedicated ``guardq worker --queues`` workers);
+        ``also`` adds the caller's own writes to the same round trip as the job record (a backfill's checkpoint).
         """
         target = queue or self.queue_for(job)
         key = job_key(job.job_id)
         pipe = self.redis.pipeline()
+        if also is not None:
+            also(pipe)
         pipe.hsetnx(key, "state", "queued")
         pipe.hset(
             key,
@@ -56,6 +66,7 @@ class JobQueue:
                 "created_at": job.created_at.isoformat(),
                 "queue": target,
                 "enqueued_at": time.time(),
+                **({"backfill_id": job.backfill_id} if job.backfill_id else {}),
             },
         )
         pipe.expire(key, self.settings.job_ttl_s)

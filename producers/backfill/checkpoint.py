@@ -136,9 +136,9 @@ class BackfillStore:
             failed=int(raw.get("failed", 0)),
         )
 
-    def save_cursor(self, record: BackfillRecord) -> None:
-        """After each enqueued job: where to resume and how many were sent."""
-        self._redis.hset(backfill_key(record.backfill_id), mapping=record.progress.cursor_fields())
+    def save_cursor(self, record: BackfillRecord, pipe: redis.client.Pipeline[bytes]) -> None:
+        """Where to resume and how many were sent, written in the same round trip as the next job's record."""
+        pipe.hset(backfill_key(record.backfill_id), mapping=record.progress.cursor_fields())
 
     def save(self, record: BackfillRecord) -> None:
         """After each page and at the end: the whole checkpoint."""

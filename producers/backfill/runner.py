@@ -1,8 +1,9 @@
 """Run one backfill: walk the keys, filter them, enqueue with backpressure, checkpoint, report progress.
 
 Exactly-once enqueue: every job's id is ``uuid5(backfill id, bucket/key[?version])``, and the checkpoint
-(last key, or inventory position) is written right after each job is sent, so a resumed run starts after the
-last job sent. That leaves one job in doubt per crash (sent, checkpoint not yet written): a resumed run first
+(last key, or inventory position) of job N is written in the same round trip as job N+1's record, just before
+N+1's message, and in full after every page, so a resumed run starts after the last job known to be sent. That
+leaves one job in doubt per crash (maybe sent, not yet checkpointed): a resumed run first
 asks the broker whether that job id was sent (:meth:`JobQueue.was_sent`) and sends it only if not. Should a
 duplicate message still slip through (a worker mid-way between popping it and recording it), it carries the
 same job id and the worker's terminal guard makes it a no-op: one event per job either way.
@@ -155,8 +156,6 @@ class BackfillRunner:
                         progress.enqueued += 1
                         self.stats.enqueued_this_run += int(sent_now)
                     self._advance(entry)
-                    if live and self._store is not None:
-                        self._store.save_cursor(self.record)
                     now = time.monotonic()
                     if now - last_report >= self._report_every:
                         last_report = now
@@ -181,7 +180,11 @@ class BackfillRunner:
             if self._queue.was_sent(job.job_id, self.record.options.queue):
                 return False  # sent before the crash, checkpoint lost: count it, do not send it again
         self.gate.acquire()  # may raise Stopped: nothing is counted for this entry yet
-        self._queue.send(job, queue=self.record.options.queue)
+        store = self._store
+        # The checkpoint as of the previous job rides along with this job's record: one round trip, and this job
+        # is the only one in doubt should the process die before the next checkpoint.
+        also = (lambda pipe: store.save_cursor(self.record, pipe)) if store is not None else None
+        self._queue.send(job, queue=self.record.options.queue, also=also)
         return True
 
     def _count_skip(self, reason: str) -> None:

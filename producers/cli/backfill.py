@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -158,6 +159,8 @@ def _run(
 ) -> None:
     cfg = settings()
     configure_logging(cfg.log_format, cfg.log_level)
+    for noisy in ("botocore", "boto3", "urllib3"):  # "Found credentials in …" is not progress
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(cfg.log_level)))
     s3 = make_s3_client(cfg)
     try:
         if resume:
