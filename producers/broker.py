@@ -8,6 +8,7 @@ from functools import cached_property
 
 import redis
 from celery import Celery
+from redis.client import Pipeline
 
 from schemas.job import ModerationJob
 from schemas.keys import TASK_MODERATE, job_key, queue_name
@@ -45,7 +46,7 @@ class JobQueue:
         job: ModerationJob,
         *,
         queue: str | None = None,
-        also: Callable[[redis.client.Pipeline[bytes]], object] | None = None,
+        also: Callable[[Pipeline[bytes]], object] | None = None,
     ) -> str:
         """Record the job as queued, then enqueue it; the task id is the job id.
 

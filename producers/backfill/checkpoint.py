@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
+from redis.client import Pipeline
 
 from producers.events import last_id
 from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key, backfill_lock_key
@@ -70,18 +71,19 @@ class BackfillProgress:
     def skipped(self) -> int:
         return self.skipped_include + self.skipped_size + self.skipped_other
 
-    def cursor_fields(self) -> dict[str, Any]:
+    def cursor_fields(self) -> dict[str | bytes, str | int | float]:
         """The fields written after every enqueued job (small: one HSET)."""
-        return {
+        out: dict[str | bytes, str | int | float] = {
             "last_key": self.last_key,
             "manifest_file": self.manifest_file,
             "manifest_row": self.manifest_row,
             "listed": self.listed,
             "enqueued": self.enqueued,
         }
+        return out
 
-    def all_fields(self) -> dict[str, Any]:
-        return asdict(self)
+    def all_fields(self) -> dict[str | bytes, str | int | float]:
+        return {name: value for name, value in asdict(self).items()}  # noqa: C416 - widens the key type
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> BackfillProgress:
@@ -136,7 +138,7 @@ class BackfillStore:
             failed=int(raw.get("failed", 0)),
         )
 
-    def save_cursor(self, record: BackfillRecord, pipe: redis.client.Pipeline[bytes]) -> None:
+    def save_cursor(self, record: BackfillRecord, pipe: Pipeline[bytes]) -> None:
         """Where to resume and how many were sent, written in the same round trip as the next job's record."""
         pipe.hset(backfill_key(record.backfill_id), mapping=record.progress.cursor_fields())
 

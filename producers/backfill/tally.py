@@ -16,8 +16,10 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 
 from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key
 from schemas.events import STREAM_FIELD, EventType
@@ -45,11 +47,14 @@ def tally_step(client: redis.Redis[bytes], *, batch: int = 1000, stream: str = V
         with client.pipeline() as pipe:
             try:
                 pipe.watch(BACKFILL_TALLY)
-                raw_cursor = pipe.hget(BACKFILL_TALLY, "cursor")
+                # In WATCH mode a pipeline runs commands at once and returns their replies.
+                raw_cursor = cast(bytes | None, pipe.hget(BACKFILL_TALLY, "cursor"))
                 if raw_cursor is None:
                     return TallyResult(caught_up=True)  # no backfill was ever created
                 cursor = raw_cursor.decode()
-                entries = pipe.xrange(stream, min=f"({cursor}", count=batch) or []
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]], pipe.xrange(stream, min=f"({cursor}", count=batch)
+                )
                 gap = _trimmed_past(pipe, cursor, stream) if entries else False
                 counts: Counter[tuple[str, str]] = Counter()
                 for _, fields in entries:
@@ -63,7 +68,7 @@ def tally_step(client: redis.Redis[bytes], *, batch: int = 1000, stream: str = V
                         pipe.hincrby(backfill_key(backfill_id), kind, n)
                 if entries:
                     last = entries[-1][0]
-                    pipe.hset(BACKFILL_TALLY, "cursor", last.decode() if isinstance(last, bytes) else last)
+                    pipe.hset(BACKFILL_TALLY, "cursor", last.decode())
                 if gap:
                     pipe.hset(BACKFILL_TALLY, "gap_before", cursor)
                 pipe.execute()
@@ -105,18 +110,17 @@ def _backfill_event(raw: bytes | None) -> tuple[str, str] | None:
     return (str(backfill_id), kind) if backfill_id and kind else None
 
 
-def _known(pipe: redis.client.Pipeline[bytes], backfill_ids: list[str]) -> set[str]:
+def _known(pipe: Pipeline[bytes], backfill_ids: list[str]) -> set[str]:
     """Only backfills that exist are counted (an event of an unknown id must not create a stray hash)."""
     if not backfill_ids:
         return set()
-    scores = pipe.zmscore(BACKFILL_INDEX, backfill_ids)
-    return {bid for bid, score in zip(backfill_ids, scores, strict=True) if score is not None}
+    return {bid for bid in backfill_ids if pipe.zscore(BACKFILL_INDEX, bid) is not None}
 
 
-def _trimmed_past(pipe: redis.client.Pipeline[bytes], cursor: str, stream: str) -> bool:
+def _trimmed_past(pipe: Pipeline[bytes], cursor: str, stream: str) -> bool:
     """True when entries after ``cursor`` were trimmed before being tallied (Redis ≥ 7.0 reports it)."""
     try:
-        info = pipe.xinfo_stream(stream)
+        info = cast(dict[str, Any], pipe.xinfo_stream(stream))
     except redis.ResponseError:
         return False
     deleted = info.get("max-deleted-entry-id")

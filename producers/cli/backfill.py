@@ -14,7 +14,6 @@ import threading
 from types import FrameType
 from typing import Annotated, Any
 
-import click
 import typer
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
@@ -39,7 +38,7 @@ from schemas.models import get_model
 class _RunByDefault(TyperGroup):
     """``guardq backfill s3://…`` (anything that is not a subcommand) means ``guardq backfill run s3://…``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["run", *args]
         return super().parse_args(ctx, args)
