@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from producers.cli.api import api
+from producers.cli.apikeys import apikeys_cli
 from producers.cli.backfill import backfill_cli
 from producers.cli.enqueue import enqueue
 from producers.cli.events import events_cli
@@ -26,6 +28,8 @@ app.command("status")(status)
 app.add_typer(events_cli, name="events")
 app.add_typer(policy_cli, name="policy")
 app.add_typer(backfill_cli, name="backfill")
+app.command("api")(api)
+app.add_typer(apikeys_cli, name="api-keys")
 
 
 @app.command(

@@ -1,9 +1,11 @@
-"""Fixtures for producer tests: a prefix of a few thousand objects, reading Celery messages out of a queue."""
+"""Fixtures for producer tests: a prefix of a few thousand objects, reading Celery messages out of a queue, the
+API served by uvicorn on a free port."""
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,10 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
+from producers.api.auth import ApiKeyStore
+from schemas.settings import Settings
 from tests.conftest import BUCKET
+from tests.services.procs import free_port, wait_until
 
 BULK_OBJECTS = 2000
 
@@ -61,3 +66,50 @@ def queued_jobs(client: redis_lib.Redis, queue: str) -> list[dict[str, Any]]:
         assert message["headers"]["id"] == args[0]["job_id"]
         jobs.append(args[0])
     return jobs
+
+
+class ApiServer:
+    """The real API app served by uvicorn on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        from producers.api.app import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = free_port()
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        wait_until(lambda: self._server.started, 20, "uvicorn")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings: Settings) -> Settings:
+    """Test settings plus API limits small enough to exercise (64 KiB uploads, a loopback SNS stand-in host)."""
+    return settings.model_copy(
+        update={"api_max_upload_bytes": 64 * 1024, "sns_confirm_hosts": ["127.0.0.2"], "api_rate_limit": 10_000}
+    )
+
+
+@pytest.fixture(scope="module")
+def api(api_settings: Settings) -> Iterator[ApiServer]:
+    server = ApiServer(api_settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(api: ApiServer) -> ApiKeyStore:
+    return ApiKeyStore(api.app.state.services.queue.redis)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
