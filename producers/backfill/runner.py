@@ -161,6 +161,8 @@ class BackfillRunner:
                         last_report = now
                         self._report(start)
                 self._checkpoint()
+                if not self.dry_run:
+                    self.gate.measure()  # fresh depth for the display, and headroom re-based once per page
                 if time.monotonic() - last_tally >= _TALLY_EVERY_S and not self.dry_run:
                     last_tally = time.monotonic()
                     self._tally()
@@ -216,7 +218,7 @@ class BackfillRunner:
                 enqueued=progress.enqueued,
                 skipped=progress.skipped,
                 rate=self.stats.enqueued_this_run / elapsed,
-                depth=self.gate.last_depth,
+                depth=self.gate.depth_bound,
                 max_pending=self.gate.max_pending,
                 waiting=self.gate.waits > 0 and self.gate.last_depth >= self.gate.max_pending,
                 dry_run=self.dry_run,

@@ -55,7 +55,7 @@ def tally_step(client: redis.Redis[bytes], *, batch: int = 1000, stream: str = V
                 entries = cast(
                     list[tuple[bytes, dict[bytes, bytes]]], pipe.xrange(stream, min=f"({cursor}", count=batch)
                 )
-                gap = _trimmed_past(pipe, cursor, stream) if entries else False
+                gap = _trimmed_past(pipe, cursor, stream) if entries else None
                 counts: Counter[tuple[str, str]] = Counter()
                 for _, fields in entries:
                     found = _backfill_event(fields.get(STREAM_FIELD.encode()))
@@ -70,10 +70,10 @@ def tally_step(client: redis.Redis[bytes], *, batch: int = 1000, stream: str = V
                     last = entries[-1][0]
                     pipe.hset(BACKFILL_TALLY, "cursor", last.decode())
                 if gap:
-                    pipe.hset(BACKFILL_TALLY, "gap_before", cursor)
+                    pipe.hset(BACKFILL_TALLY, "gap_until", gap)
                 pipe.execute()
                 counted = sum(n for (bid, _), n in counts.items() if bid in known)
-                return TallyResult(len(entries), counted, caught_up=len(entries) < batch, gap=gap)
+                return TallyResult(len(entries), counted, caught_up=len(entries) < batch, gap=bool(gap))
             except redis.WatchError:
                 continue
 
@@ -93,8 +93,8 @@ def tally(client: redis.Redis[bytes], *, budget_s: float = 5.0, batch: int = 100
 
 
 def tally_gap(client: redis.Redis[bytes]) -> str | None:
-    """The cursor at which trimmed, never-tallied events were detected, if that ever happened."""
-    raw = client.hget(BACKFILL_TALLY, "gap_before")
+    """The newest stream id trimmed before it was tallied, if that ever happened."""
+    raw = client.hget(BACKFILL_TALLY, "gap_until")
     return raw.decode() if raw else None
 
 
@@ -117,13 +117,13 @@ def _known(pipe: Pipeline[bytes], backfill_ids: list[str]) -> set[str]:
     return {bid for bid in backfill_ids if pipe.zscore(BACKFILL_INDEX, bid) is not None}
 
 
-def _trimmed_past(pipe: Pipeline[bytes], cursor: str, stream: str) -> bool:
-    """True when entries after ``cursor`` were trimmed before being tallied (Redis ≥ 7.0 reports it)."""
+def _trimmed_past(pipe: Pipeline[bytes], cursor: str, stream: str) -> str | None:
+    """The newest deleted id if entries after ``cursor`` were trimmed before being tallied (Redis ≥ 7.0)."""
     try:
         info = cast(dict[str, Any], pipe.xinfo_stream(stream))
     except redis.ResponseError:
-        return False
+        return None
     deleted = info.get("max-deleted-entry-id")
     if isinstance(deleted, bytes):
         deleted = deleted.decode()
-    return bool(deleted) and _id_tuple(str(deleted)) > _id_tuple(cursor)
+    return str(deleted) if deleted and _id_tuple(str(deleted)) > _id_tuple(cursor) else None

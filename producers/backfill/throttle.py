@@ -45,6 +45,11 @@ class Backpressure:
         self._headroom = self.max_pending - depth
         return depth
 
+    @property
+    def depth_bound(self) -> int:
+        """The queue depth now, at most: the last measurement plus what was sent since."""
+        return self.last_depth + self._sent_since
+
     def acquire(self) -> None:
         """Return when one more job may be sent; raise :class:`Stopped` if a stop was requested meanwhile."""
         wait = self._min_wait

@@ -219,6 +219,7 @@ def test_a_backfill_killed_with_sigkill_resumes_from_its_checkpoint_without_dupl
     assert len(jobs) == len({j["job_id"] for j in jobs})
     assert (backfill_id, "finished", 2000) == (summary["backfill_id"], summary["state"], summary["enqueued"])
     assert 2000 - killed_at == summary["enqueued_this_run"]
+    assert '"event": "backfill_progress"' in resumed.stderr  # not a TTY: plain structured progress lines
     assert [backfill_job_id(backfill_id, ObjectEntry(BUCKET, k)) for k in bulk_prefix.keys] == [
         j["job_id"] for j in jobs
     ]
@@ -294,3 +295,30 @@ def test_backpressure_keeps_the_queue_at_or_under_the_cap_while_a_real_worker_dr
         report["state"],
     )
     assert {record.backfill_id} == {e.data.backfill_id for e in events}
+
+
+def test_sigterm_while_waiting_at_the_cap_stops_cleanly_and_the_resume_finishes(
+    bulk_prefix: Prefix, worker_env: dict[str, str], redis_client: redis_lib.Redis, private_queue: str
+) -> None:
+    """Nobody drains this queue: the backfill fills it to --max-pending and waits; SIGTERM ends the wait at once."""
+    env = cli_env(worker_env)
+    args = ["backfill", "run", bulk_prefix.url, "--queue", private_queue, "--max-pending", "50", "--json"]
+    proc = subprocess.Popen(
+        [GUARDQ, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: redis_client.llen(private_queue) >= 50, 60, "backfill at its cap", proc)  # type: ignore[arg-type]
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    summary = json.loads(stdout)
+    assert 130 == proc.returncode, stderr
+    assert ("interrupted", "stopped by SIGTERM", 50) == (summary["state"], summary["error"], summary["enqueued"])
+    assert 50 == redis_client.llen(private_queue)  # the cap held
+    record = BackfillStore(redis_client).load(summary["backfill_id"])
+    assert ("interrupted", 50) == (record.progress.state, record.progress.enqueued)
+
+    resumed = guardq("backfill", "--resume", summary["backfill_id"], "--max-pending", "100000", "--json", env=env)
+    assert 0 == resumed.returncode, resumed.stderr
+    assert list(bulk_prefix.keys) == keys_of(queued_jobs(redis_client, private_queue))
