@@ -72,13 +72,16 @@ class BackfillProgress:
         return self.skipped_include + self.skipped_size + self.skipped_other
 
     def cursor_fields(self) -> dict[str | bytes, str | int | float]:
-        """The fields written after every enqueued job (small: one HSET)."""
+        """The fields written with every enqueued job (one HSET): position and the counters that go with it."""
         out: dict[str | bytes, str | int | float] = {
             "last_key": self.last_key,
             "manifest_file": self.manifest_file,
             "manifest_row": self.manifest_row,
             "listed": self.listed,
             "enqueued": self.enqueued,
+            "skipped_include": self.skipped_include,
+            "skipped_size": self.skipped_size,
+            "skipped_other": self.skipped_other,
         }
         return out
 

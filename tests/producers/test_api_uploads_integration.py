@@ -15,7 +15,7 @@ from producers.api.auth import ApiKeyStore
 from producers.events import wait_for
 from schemas.settings import Settings
 from tests import images
-from tests.conftest import Runner
+from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import ApiServer, bearer
 
 pytestmark = pytest.mark.integration
@@ -141,3 +141,21 @@ def test_a_retried_upload_with_the_same_idempotency_key_gets_the_same_job(api: A
     other = httpx.post(f"{api.url}/v1/uploads", files={"file": ("b.jpg", images.solid((9, 9, 9)))}, headers=headers)
     assert (202, 202, first.json()["job_id"]) == (first.status_code, again.status_code, again.json()["job_id"])
     assert (422, "idempotency_key_reused") == (other.status_code, other.json()["error"]["code"])
+
+
+def test_an_s3_upload_store_receives_the_spooled_file_under_its_content_key(
+    settings: Settings, s3_client: Any, tmp_path: Path
+) -> None:
+    from producers.uploads import UploadStore
+
+    store = UploadStore(settings.model_copy(update={"upload_store": f"s3://{BUCKET}/uploads"}), s3_client=s3_client)
+    data = images.solid((5, 6, 7))
+    digest = hashlib.sha256(data).hexdigest()
+    spool = tmp_path / ".incoming-x"
+    spool.write_bytes(data)
+
+    ref = store.put_file(spool, sha256=digest, extension="jpg", size=len(data))
+
+    assert f"upload://{digest}.jpg" == ref.uri
+    assert data == s3_client.get_object(Bucket=BUCKET, Key=f"uploads/{digest}.jpg")["Body"].read()
+    assert not spool.exists()
