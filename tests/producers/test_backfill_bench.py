@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from producers.backfill.checkpoint import BackfillStore
+from producers.backfill.checkpoint import BackfillProgress, BackfillRecord, BackfillStore
+from producers.backfill.runner import BackfillRunner
 from producers.broker import JobQueue
 from schemas.job import Priority
 from schemas.keys import queue_name
@@ -26,14 +27,18 @@ from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import Prefix, upload
-from tests.producers.test_backfill_integration import options_for, run_backfill
+from tests.producers.test_backfill_integration import Recorder, options_for, run_backfill
 from tests.services.procs import ROOT
 
-pytestmark = [pytest.mark.bench, pytest.mark.integration]
+pytestmark = [pytest.mark.bench, pytest.mark.integration, pytest.mark.timeout(900)]
 
 RATE_KEYS = int(os.environ.get("GUARDQ_BENCH_BACKFILL_KEYS", "10000"))
-DRAIN_KEYS = int(os.environ.get("GUARDQ_BENCH_DRAIN_KEYS", "1500"))
+DRAIN_KEYS = int(os.environ.get("GUARDQ_BENCH_DRAIN_KEYS", "1000"))
 CAP = int(os.environ.get("GUARDQ_BENCH_MAX_PENDING", "100"))
+
+
+def _dry_record(options: Any) -> BackfillRecord:
+    return BackfillRecord("dry-run", options, BackfillProgress())
 
 
 def _report(results: dict[str, Any]) -> None:
@@ -62,6 +67,19 @@ def test_backfill_enqueue_rate_and_peak_queue_depth_under_backpressure(
         assert RATE_KEYS == job_queue.redis.llen(parked)
     finally:
         job_queue.redis.delete(parked)
+    dry = BackfillRunner(
+        _dry_record(options_for(Prefix(BUCKET, prefix, ()), parked)),
+        s3=s3_client,
+        queue=None,
+        store=None,
+        lease=None,
+        max_pending=1,
+        page_size=1000,
+        stop=threading.Event(),
+        reporter=Recorder(),
+    )
+    dry.run()
+    results["list_only_rate_keys_per_s (dry run)"] = round(dry.stats.rate, 1)
     results["enqueue_keys"] = RATE_KEYS
     results["enqueue_seconds"] = round(bf.stats.seconds, 2)
     results["enqueue_rate_keys_per_s"] = round(bf.stats.rate, 1)
