@@ -155,7 +155,9 @@ class BackfillStore:
 
 
 _REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
 return 0
 """
 _TAKEOVER = """
@@ -187,7 +189,7 @@ class RunLease:
     def __init__(self, client: redis.Redis[bytes], backfill_id: str, ttl_s: int) -> None:
         self._redis = client
         self._key = backfill_lock_key(backfill_id)
-        self._ttl = ttl_s
+        self.ttl_s = self._ttl = ttl_s
         self._host = socket.gethostname()
         self.value = f"{self._host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._refresh = client.register_script(_REFRESH)
@@ -208,7 +210,9 @@ class RunLease:
         raise ConfigError(f"backfill is already running in {holder or 'another process'} (lease expires in {ttl}s)")
 
     def refresh(self) -> None:
-        self._refresh(keys=[self._key], args=[self.value, self._ttl])
+        """Extend the lease (re-take it if it lapsed); raise if another process took it meanwhile."""
+        if not self._refresh(keys=[self._key], args=[self.value, self._ttl]):
+            raise ConfigError(f"lost the run lease to {self.held_by()}: another process runs this backfill now")
 
     def release(self) -> None:
         self._release(keys=[self._key], args=[self.value])

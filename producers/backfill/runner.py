@@ -98,8 +98,10 @@ class BackfillRunner:
         # A resumed run's first job may have been sent just before the crash that stopped the last run.
         self._in_doubt = queue is not None
         depth = (lambda: queue.depth(record.options.queue)) if queue is not None else (lambda: 0)
-        self.gate = Backpressure(depth, max_pending, stop)
+        self.gate = Backpressure(depth, max_pending, stop, on_wait=self._tick)
         self.stats = RunStats()
+        self._started = time.monotonic()
+        self._last_report = self._last_refresh = 0.0
 
     @property
     def dry_run(self) -> bool:
@@ -134,10 +136,20 @@ class BackfillRunner:
         if entry.position is not None:
             progress.manifest_file, progress.manifest_row = entry.position
 
+    def _tick(self) -> None:
+        """Between jobs and while waiting at the cap: keep the display fresh and the run lease alive."""
+        now = time.monotonic()
+        if now - self._last_report >= self._report_every:
+            self._last_report = now
+            self._report(self._started)
+        if self._lease is not None and now - self._last_refresh >= self._lease.ttl_s / 3:
+            self._last_refresh = now
+            self._lease.refresh()
+
     def run(self) -> RunStats:
         """Enqueue every remaining key; raises :class:`Stopped` when asked to stop (the caller checkpoints)."""
-        start = time.monotonic()
-        last_report = last_tally = 0.0
+        start = self._started = time.monotonic()
+        last_tally = 0.0
         progress = self.record.progress
         if not self.dry_run:
             self.gate.measure()
@@ -156,10 +168,7 @@ class BackfillRunner:
                         progress.enqueued += 1
                         self.stats.enqueued_this_run += int(sent_now)
                     self._advance(entry)
-                    now = time.monotonic()
-                    if now - last_report >= self._report_every:
-                        last_report = now
-                        self._report(start)
+                    self._tick()
                 self._checkpoint()
                 if not self.dry_run:
                     self.gate.measure()  # fresh depth for the display, and headroom re-based once per page
@@ -201,8 +210,6 @@ class BackfillRunner:
     def _checkpoint(self) -> None:
         if self._store is not None:
             self._store.save(self.record)
-        if self._lease is not None:
-            self._lease.refresh()
 
     def _tally(self) -> None:
         if self._queue is not None:

@@ -25,8 +25,10 @@ class Backpressure:
         *,
         min_wait_s: float = 0.05,
         max_wait_s: float = 1.0,
+        on_wait: Callable[[], None] | None = None,
     ) -> None:
         self._depth = depth
+        self._on_wait = on_wait  # called at every poll while at the cap (progress display, lease refresh)
         self.max_pending = max_pending
         self._stop = stop
         self._min_wait = min_wait_s
@@ -60,6 +62,8 @@ class Backpressure:
             if self._headroom > 0:
                 break
             self.waits += 1
+            if self._on_wait is not None:
+                self._on_wait()
             if self._stop.wait(wait):
                 raise Stopped
             wait = min(wait * 2, self._max_wait)

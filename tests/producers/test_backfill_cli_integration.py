@@ -260,3 +260,22 @@ def test_a_second_runner_of_the_same_backfill_is_refused_while_the_first_holds_i
         lease.release()
     assert 2 == result.exit_code
     assert "backfill is already running in" in result.stderr
+
+
+def test_a_lapsed_run_lease_is_taken_back_and_a_lease_taken_by_another_runner_stops_this_one(
+    job_queue: JobQueue,
+) -> None:
+    from producers.backfill.checkpoint import RunLease
+    from producers.rediskeys import backfill_lock_key
+
+    backfill_id = f"bf-{uuid.uuid4().hex[:16]}"
+    lease = RunLease(job_queue.redis, backfill_id, ttl_s=30)
+    lease.acquire()
+    job_queue.redis.delete(backfill_lock_key(backfill_id))  # expired during a long pause
+    lease.refresh()
+    assert lease.value == lease.held_by()
+
+    job_queue.redis.set(backfill_lock_key(backfill_id), "elsewhere:1:x")
+    with pytest.raises(ConfigError, match="lost the run lease to elsewhere:1:x"):
+        lease.refresh()
+    job_queue.redis.delete(backfill_lock_key(backfill_id))

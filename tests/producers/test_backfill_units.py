@@ -82,12 +82,14 @@ def test_the_gate_lets_through_exactly_the_headroom_then_waits_for_the_queue_to_
         measured.append(next(depths))
         return measured[-1]
 
-    gate = Backpressure(depth, 3, threading.Event(), min_wait_s=0.001)
+    ticks: list[int] = []
+    gate = Backpressure(depth, 3, threading.Event(), min_wait_s=0.001, on_wait=lambda: ticks.append(1))
     for _ in range(2):  # depth 1 of 3: two slots
         gate.acquire()
     gate.acquire()  # full (3, 3): waits twice, then the queue drained to 0
     assert [1, 3, 3, 0] == measured
     assert (2, 3) == (gate.waits, gate.peak_depth)
+    assert 2 == len(ticks)  # the display and the run lease are kept fresh while waiting
 
 
 def test_a_stop_request_ends_a_wait_at_the_cap_at_once() -> None:
