@@ -38,6 +38,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, queue: JobQueue | None = None) -> Services:
         queue = queue or JobQueue(settings)
+        _ = queue.redis, queue.celery  # create the lazy clients now, not racing in request threads
         return cls(
             settings=settings,
             queue=queue,

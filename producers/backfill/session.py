@@ -35,7 +35,7 @@ def execute(runner: BackfillRunner, store: BackfillStore | None, lease: RunLease
     error: str | None = None
     try:
         runner.run()
-    except Stopped:
+    except (Stopped, KeyboardInterrupt):  # KeyboardInterrupt: a second Ctrl-C while stopping
         state = "interrupted"
     except GuardqError as exc:
         state, error = "failed", str(exc)

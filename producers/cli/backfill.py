@@ -187,6 +187,7 @@ def _run(
         if store is not None:
             lease = RunLease(job_queue().redis, record.backfill_id, cfg.backfill_lock_ttl_s)
             lease.acquire()
+            record.progress.state, record.progress.error = "running", ""
     except GuardqError as exc:
         fail(str(exc))
     outcome = _run_with_signals(

@@ -268,3 +268,10 @@ def test_with_redis_down_a_request_gets_503_and_nothing_is_claimed(api_settings:
     finally:
         dead.stop()
     assert (503, "unavailable") == (response.status_code, response.json()["error"]["code"])
+
+
+def test_unknown_paths_and_wrong_methods_also_get_json_errors(api: ApiServer) -> None:
+    missing = httpx.get(f"{api.url}/v2/nothing")
+    wrong = httpx.delete(f"{api.url}/v1/moderations")
+    assert (404, "not_found") == (missing.status_code, missing.json()["error"]["code"])
+    assert (405, "method_not_allowed") == (wrong.status_code, wrong.json()["error"]["code"])
