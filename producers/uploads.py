@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
+from producers.s3client import make_s3_client
 from schemas.job import ImageRef
 from schemas.settings import Settings
 from schemas.uploads import locate_upload, upload_key
@@ -37,17 +39,29 @@ class UploadStore:
 
     def _client(self) -> Any:
         if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-
-            self._s3 = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self._settings.s3_endpoint_url,
-                config=Config(
-                    region_name=self._settings.s3_region, s3={"addressing_style": self._settings.s3_addressing_style}
-                ),
-            )
+            self._s3 = make_s3_client(self._settings)
         return self._s3
+
+    def staging_dir(self) -> Path:
+        """Where to spool an incoming upload: inside a local store (so the final rename is atomic), else tmp."""
+        probe = locate_upload(self._settings.upload_store, upload_key("0" * 64, "bin"))
+        folder = probe.path.parent if probe.path is not None else Path(tempfile.gettempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def put_file(self, path: Path, *, sha256: str, extension: str, size: int) -> ImageRef:
+        """Move a spooled file (whose sha256 the caller computed while writing it) into the store."""
+        key = upload_key(sha256, extension)
+        location = locate_upload(self._settings.upload_store, key)
+        try:
+            if location.path is not None:
+                if not location.path.exists():
+                    os.replace(path, location.path)
+            else:
+                self._client().upload_file(str(path), location.bucket, location.key)
+        finally:
+            path.unlink(missing_ok=True)
+        return ImageRef(uri=f"upload://{key}", size=size)
 
     def put(self, data: bytes, *, extension: str | None = None) -> ImageRef:
         key = upload_key(hashlib.sha256(data).hexdigest(), extension or guess_extension(data))

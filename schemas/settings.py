@@ -125,6 +125,21 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers so Prometheus can scrape
     heartbeat_interval_s: float = Field(default=5.0, gt=0)  # fleet registry refresh (guardq fleet status)
 
+    # Producers: S3 backfill (guardq backfill)
+    backfill_max_pending: int = Field(default=5000, ge=1)  # default of --max-pending: bulk jobs waiting at most
+    backfill_page_size: int = Field(default=1000, ge=1, le=1000)  # ListObjectsV2 page size
+    backfill_lock_ttl_s: int = Field(default=60, ge=5)  # a backfill's run lease; refreshed while it runs
+
+    # Producers: HTTP API (guardq api) and S3 event intake
+    api_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # POST /v1/uploads size cap (413)
+    api_rate_limit: int = Field(default=600, ge=1)  # requests per tenant per window (429 beyond)
+    api_rate_window_s: int = Field(default=60, ge=1)
+    api_idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)  # how long an Idempotency-Key is remembered
+    s3_event_dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)  # bucket+key+sequencer dedupe window
+    sns_auto_confirm: bool = True  # GET the SubscribeURL of an SNS SubscriptionConfirmation (else return it)
+    sns_topic_arns: list[str] = Field(default_factory=list)  # accept only these topics (empty: any)
+    sns_confirm_hosts: list[str] = Field(default_factory=list)  # hosts besides sns.<region>.amazonaws.com
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -205,6 +220,22 @@ class Settings(BaseSettings):
         if self.sglang_launch_cmd:
             return shlex.split(self.sglang_launch_cmd)
         return [sys.executable, "-m", "sglang.launch_server"]
+
+    @field_validator("sns_topic_arns")
+    @classmethod
+    def _topic_arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not arn.startswith("arn:") or arn.count(":") < 5:
+                raise ValueError(f"{arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        return value
+
+    @field_validator("sns_confirm_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not host or any(c in host for c in "/@?# :"):
+                raise ValueError(f"{host!r} is not a bare host name or IPv4 address (no scheme, port or path)")
+        return [h.lower() for h in value]
 
     def broker_transport_options(self) -> dict[str, object]:
         """Kombu options shared by producers and workers (they must agree on the visibility timeout)."""

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from producers.cli.api import api
+from producers.cli.apikeys import apikeys_cli
+from producers.cli.backfill import backfill_cli
 from producers.cli.enqueue import enqueue
 from producers.cli.evaluate import evaluate
 from producers.cli.events import events_cli
@@ -32,6 +35,9 @@ app.add_typer(policy_cli, name="policy")
 app.add_typer(webhooks_cli, name="webhooks")
 app.add_typer(results_cli, name="results")
 app.add_typer(fleet_cli, name="fleet")
+app.add_typer(backfill_cli, name="backfill")
+app.command("api")(api)
+app.add_typer(apikeys_cli, name="api-keys")
 
 
 @app.command(

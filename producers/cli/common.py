@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import NoReturn
 
+import redis
 import typer
 
 from producers.broker import JobQueue
@@ -29,3 +32,12 @@ def settings() -> Settings:
 @lru_cache(maxsize=1)
 def job_queue() -> JobQueue:
     return JobQueue(settings())
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn a Redis outage into one clear line (exit 3) instead of a traceback."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        fail(f"Redis at {settings().redis_url} failed: {exc}", code=3)

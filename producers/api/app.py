@@ -1,0 +1,41 @@
+"""The FastAPI application: ``create_app(settings)`` wires one set of long-lived clients per process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from producers.api import health, intake, moderations, uploads
+from producers.api.handlers import install_error_handlers
+from producers.api.services import Services
+from producers.broker import JobQueue
+from schemas.settings import Settings
+
+DESCRIPTION = """\
+Queue images for moderation by LlavaGuard and read their verdicts.
+
+Authenticate with `Authorization: Bearer <API key>` (keys are per tenant: `guardq api-keys create TENANT`).
+Errors are JSON: `{"error": {"code": "...", "message": "..."}}`. `POST` requests accept an `Idempotency-Key`.
+Verdicts arrive as CloudEvents on the Redis Stream `guardq:verdicts` and through `GET /v1/moderations/{job_id}`.
+"""
+
+
+def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
+    """Build the API; ``queue`` lets a caller share its JobQueue (one per process)."""
+    svc = Services.build(settings, queue)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        svc.close()
+
+    app = FastAPI(title="guardq", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.services = svc
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(moderations.router)
+    app.include_router(uploads.router)
+    app.include_router(intake.router)
+    return app

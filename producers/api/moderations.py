@@ -1,0 +1,160 @@
+"""``POST /v1/moderations`` (queue one image reference) and ``GET /v1/moderations/{job_id}`` (its status)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from producers.api.errors import ApiError
+from producers.api.idempotency import fingerprint, keyed_job_id
+from producers.api.services import (
+    PrincipalDep,
+    Services,
+    ServicesDep,
+    build_job,
+    check_callback_url,
+    image_source,
+    resolve_model,
+    resolve_policy,
+)
+from schemas.job import ModerationJob, new_job_id
+from schemas.keys import job_key
+from schemas.policy import Policy
+
+router = APIRouter(prefix="/v1", tags=["moderations"])
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class ModerationRequest(BaseModel):
+    """One image to moderate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=4096, examples=["s3://photos/2026/cat.jpg"])
+    policy: str | Policy | None = Field(
+        default=None,
+        description="A stored policy NAME[@VERSION], or an inline policy with category declarations.",
+        examples=["strict", {"declarations": {"O2": "non_violating"}}],
+    )
+    model: str | None = Field(default=None, description="Checkpoint to use (default: the service's).")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in the verdict event.")
+    callback_url: str | None = Field(default=None, max_length=2048, description="https:// URL for the verdict.")
+
+
+class Accepted(BaseModel):
+    job_id: str
+    status: str = "queued"
+    status_url: str
+    image: str
+    tenant: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: str
+    tenant: str
+    image: str | None = None
+    created_at: str | None = None
+    updated_at: float | None = None
+    attempts: int | None = None
+    event: dict[str, Any] | None = Field(default=None, description="The terminal CloudEvent once the job ended.")
+
+
+def accepted(request: Request, job: ModerationJob) -> dict[str, Any]:
+    url = str(request.url_for("get_moderation", job_id=job.job_id))
+    return Accepted(job_id=job.job_id, status_url=url, image=str(job.image), tenant=job.tenant).model_dump()
+
+
+def respond(body: dict[str, Any], *, replayed: bool = False) -> JSONResponse:
+    headers = {"Location": body["status_url"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, 202, headers=headers)
+
+
+def enqueue_once(
+    svc: Services,
+    request: Request,
+    tenant: str,
+    idem_key: str | None,
+    print_: str,
+    make_job: Any,
+) -> JSONResponse:
+    """Enqueue the job ``make_job(job_id)`` builds, honouring an Idempotency-Key; nothing is half-enqueued."""
+    if idem_key is None:
+        job = make_job(new_job_id())
+        svc.queue.send(job)
+        return respond(accepted(request, job))
+    claim = svc.idempotency.claim(tenant, idem_key, print_)
+    if claim.replay is not None:
+        return respond(claim.replay, replayed=True)
+    try:
+        job = make_job(keyed_job_id(tenant, idem_key))
+        svc.queue.send(job)
+    except BaseException:
+        svc.idempotency.release(claim)
+        raise
+    body = accepted(request, job)
+    svc.idempotency.complete(claim, body)
+    return respond(body)
+
+
+@router.post("/moderations", status_code=202, response_model=Accepted, summary="Queue an image for moderation")
+def create_moderation(
+    body: ModerationRequest,
+    request: Request,
+    who: PrincipalDep,
+    svc: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    who.require("moderate")
+    image = image_source(who, body.source)
+    policy, policy_ref = resolve_policy(svc, body.policy)
+    model = resolve_model(body.model)
+    callback = check_callback_url(body.callback_url)
+    print_ = fingerprint("POST", "/v1/moderations", body.model_dump(mode="json"))
+
+    def make_job(job_id: str) -> ModerationJob:
+        return build_job(
+            job_id=job_id,
+            image=image,
+            model=model,
+            policy=policy,
+            policy_ref=policy_ref,
+            tenant=who.tenant,
+            metadata=body.metadata,
+            idempotency_key=idempotency_key,
+            callback_url=callback,
+        )
+
+    make_job(new_job_id())  # every rule checked before any key is claimed or anything is sent
+    return enqueue_once(svc, request, who.tenant, idempotency_key, print_, make_job)
+
+
+@router.get(
+    "/moderations/{job_id}",
+    response_model=JobStatus,
+    summary="A job's status and, once it ended, its verdict event",
+    responses={404: {"description": "No such job for this tenant"}},
+)
+def get_moderation(job_id: str, who: PrincipalDep, svc: ServicesDep) -> JobStatus:
+    """A job of another tenant is reported exactly like a job that does not exist (404)."""
+    raw = svc.queue.redis.hgetall(job_key(job_id)) if _JOB_ID.match(job_id) else {}
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    if not fields or fields.get("tenant") != who.tenant:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return JobStatus(
+        job_id=job_id,
+        status=fields.get("state", "queued"),
+        tenant=who.tenant,
+        image=fields.get("image"),
+        created_at=fields.get("created_at"),
+        updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
+        attempts=int(fields["attempts"]) if "attempts" in fields else None,
+        event=json.loads(fields["event"]) if "event" in fields else None,
+    )
