@@ -1,6 +1,7 @@
 """Verdict cache: the same image bytes under the same policy text and model cost one inference, not many.
 
-A completed verdict is stored under (model, policy sha256, image sha256, request variant) for
+A completed verdict (with the facts of the image it was given) is stored under (model, policy sha256, image
+sha256, request variant) for
 ``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). A job that finds it publishes that verdict marked
 ``data.cached = true`` without calling the model. Duplicates that arrive while the first is still being inferred
 do not all hit the GPU: the first takes a short Redis lock (``SET NX PX``), the others poll for its verdict for
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 
 import redis
 import structlog
+from pydantic import BaseModel
 
+from schemas.events import ImageFacts
 from schemas.keys import verdict_cache_key
 from schemas.verdict import Verdict
 
@@ -27,6 +30,13 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class CachedOutcome(BaseModel):
+    """What a cache hit replays: the verdict and the facts of the image (identical bytes, so identical facts)."""
+
+    verdict: Verdict
+    image: ImageFacts
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,11 @@ class VerdictCache:
     def enabled(self) -> bool:
         return self._ttl_s > 0
 
-    def verdict(self, key: CacheKey, infer: Callable[[], Verdict]) -> tuple[Verdict, bool]:
-        """The verdict for ``key`` and whether it came from the cache; calls ``infer`` only when it must."""
+    def verdict(self, key: CacheKey, infer: Callable[[], CachedOutcome]) -> tuple[CachedOutcome, bool]:
+        """The outcome for ``key`` and whether it came from the cache; calls ``infer`` only when it must.
+
+        ``infer`` is the whole expensive path (decode, downscale, model call): a hit skips all of it.
+        """
         if not self.enabled:
             return infer(), False
         name = key.redis_key()
@@ -79,17 +92,17 @@ class VerdictCache:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # the owner is inferring; poll, bounded
             pause = min(pause * 1.5, 0.25)
 
-    def _infer_as_owner(self, name: str, token: str, infer: Callable[[], Verdict]) -> tuple[Verdict, bool]:
+    def _infer_as_owner(self, name: str, token: str, infer: Callable[[], CachedOutcome]) -> tuple[CachedOutcome, bool]:
         try:
             hit = self._get(name)  # the previous owner may have finished between our GET and our SET NX
             if hit is not None:
                 return hit, True
-            verdict = infer()
-            self._redis.set(name, verdict.model_dump_json(), ex=self._ttl_s)
-            return verdict, False
+            outcome = infer()
+            self._redis.set(name, outcome.model_dump_json(), ex=self._ttl_s)
+            return outcome, False
         finally:
             self._release(keys=[f"{name}:lock"], args=[token])
 
-    def _get(self, name: str) -> Verdict | None:
+    def _get(self, name: str) -> CachedOutcome | None:
         raw = self._redis.get(name)
-        return Verdict.model_validate_json(raw) if raw else None
+        return CachedOutcome.model_validate_json(raw) if raw else None

@@ -130,7 +130,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def prepare_image(data: bytes, *, max_side: int, max_pixels: int, jpeg_quality: int = 90) -> PreparedImage:
+def prepare_image(
+    data: bytes, *, max_side: int, max_pixels: int, jpeg_quality: int = 90, sha256: str | None = None
+) -> PreparedImage:
     """Validate ``data`` and return it shrunk so its longer side is at most ``max_side`` pixels."""
     image = _open(data, max_pixels)
     source_format = image.format or "unknown"
@@ -152,7 +154,7 @@ def prepare_image(data: bytes, *, max_side: int, max_pixels: int, jpeg_quality: 
         and image.mode in {"RGB", "L"}
         and not getattr(image, "is_animated", False)
     )
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = sha256 or hashlib.sha256(data).hexdigest()
     if passthrough:
         return PreparedImage(sha256, len(data), source_format, width, height, PASSTHROUGH_FORMATS[source_format], data)
     rgb = _to_rgb(image)

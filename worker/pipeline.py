@@ -1,4 +1,4 @@
-"""The moderation pipeline for one job: fetch → prepare → verdict cache or infer → verdict event.
+"""The moderation pipeline for one job: fetch → hash → verdict cache, or decode/downscale + infer → verdict event.
 
 Stage timings and what is known so far live in :class:`Progress`, so a failure at any stage still produces a
 failed event with every fact gathered up to that point.
@@ -6,6 +6,7 @@ failed event with every fact gathered up to that point.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from schemas.job import ModerationJob
 from schemas.models import ModelSpec, get_model
 from schemas.policy import PolicyInfo
 from schemas.settings import Settings
-from worker.cache import CacheKey, VerdictCache
+from worker.cache import CachedOutcome, CacheKey, VerdictCache
 from worker.eventbuild import completed_event, image_facts
 from worker.image import prepare_image
 from worker.inference.base import InferenceBackend, InferenceRequest
@@ -90,34 +91,48 @@ class Moderator:
         mark = time.perf_counter()
         data = self._source.fetch(job.image)
         mark, progress.timings.fetch_ms = progress.lap(mark)
-        progress.image = image_facts(str(job.image))
-        prepared = prepare_image(
-            data,
-            max_side=self._model.image_max_side,
-            max_pixels=self._settings.max_image_pixels,
-            jpeg_quality=self._settings.jpeg_quality,
-        )
-        progress.image = image_facts(str(job.image), prepared)
-        mark, progress.timings.prepare_ms = progress.lap(mark)
+        uri = str(job.image)
+        sha256 = hashlib.sha256(data).hexdigest()
+        progress.image = ImageFacts(uri=uri, sha256=sha256, bytes=len(data))
 
         want_score = policy.unsafe_threshold is not None or self._settings.scores
-        request = InferenceRequest(
-            image=prepared,
-            policy_text=policy_text,
-            rid=f"{job.job_id}.{attempt}",
-            with_rationale=not policy.verdict_only,
-            want_score=want_score,
-        )
         key = CacheKey(
             self._model.slug,
             progress.policy.sha256,
-            prepared.sha256,
+            sha256,
             not policy.verdict_only,
             want_score,
             progress.model.simulated,
         )
-        verdict, cached = self._cache.verdict(key, lambda: self._backend.infer(request).verdict)
+
+        def decode_and_infer() -> CachedOutcome:
+            started = time.perf_counter()
+            prepared = prepare_image(
+                data,
+                max_side=self._model.image_max_side,
+                max_pixels=self._settings.max_image_pixels,
+                jpeg_quality=self._settings.jpeg_quality,
+                sha256=sha256,
+            )
+            progress.image = image_facts(uri, prepared)
+            progress.timings.prepare_ms = round((time.perf_counter() - started) * 1000, 3)
+            request = InferenceRequest(
+                image=prepared,
+                policy_text=policy_text,
+                rid=f"{job.job_id}.{attempt}",
+                with_rationale=not policy.verdict_only,
+                want_score=want_score,
+            )
+            return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
+
+        # A hit (same bytes, policy text, model) skips decoding and the model call alike.
+        outcome, cached = self._cache.verdict(key, decode_and_infer)
+        if cached:
+            progress.image = outcome.image.model_copy(update={"uri": uri})
+        verdict = outcome.verdict
         mark, progress.timings.infer_ms = progress.lap(mark)
+        if progress.timings.prepare_ms is not None:
+            progress.timings.infer_ms = round(max(0.0, progress.timings.infer_ms - progress.timings.prepare_ms), 3)
         needs_review = (
             policy.unsafe_threshold is not None
             and verdict.rating == "Safe"

@@ -14,7 +14,7 @@ import redis
 
 from producers.broker import JobQueue
 from producers.events import last_id, wait_for
-from schemas.events import CloudEvent
+from schemas.events import CloudEvent, ImageFacts
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import TASK_MODERATE
 from schemas.policy import Policy
@@ -24,7 +24,7 @@ from tests import images
 from tests.conftest import BUCKET
 from tests.services.procs import Service, start_worker
 from tests.sglang_server import SimulatedSGLang
-from worker.cache import CacheKey, VerdictCache
+from worker.cache import CachedOutcome, CacheKey, VerdictCache
 
 pytestmark = pytest.mark.integration
 QUEUE = "guardq.test-cache"
@@ -104,7 +104,10 @@ def test_another_policy_for_the_same_bytes_is_inferred_again(
 
 # --- the cache object itself against real Redis ---------------------------------------------------------------
 
-VERDICT = Verdict(rating="Safe", category="NA: None applying", rationale="fine", unsafe_score=0.1)
+VERDICT = CachedOutcome(
+    verdict=Verdict(rating="Safe", category="NA: None applying", rationale="fine", unsafe_score=0.1),
+    image=ImageFacts(uri="s3://b/k.jpg", sha256="0" * 64, width=4, height=3, bytes=100, format="JPEG"),
+)
 
 
 def key() -> CacheKey:
@@ -117,7 +120,7 @@ def test_when_the_first_inference_fails_a_waiting_duplicate_infers_itself(redis_
     owner_started, release_owner = threading.Event(), threading.Event()
     calls: list[str] = []
 
-    def failing() -> Verdict:
+    def failing() -> CachedOutcome:
         calls.append("owner")
         owner_started.set()
         release_owner.wait(5)
@@ -130,7 +133,7 @@ def test_when_the_first_inference_fails_a_waiting_duplicate_infers_itself(redis_
     thread = threading.Thread(target=owner)
     thread.start()
     assert owner_started.wait(5)
-    result: list[tuple[Verdict, bool]] = []
+    result: list[tuple[CachedOutcome, bool]] = []
 
     def waiter() -> None:
         result.append(cache.verdict(k, lambda: calls.append("waiter") or VERDICT))  # type: ignore[func-returns-value]
