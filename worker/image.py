@@ -159,7 +159,8 @@ def prepare_image(
         return PreparedImage(sha256, len(data), source_format, width, height, PASSTHROUGH_FORMATS[source_format], data)
     rgb = _to_rgb(image)
     if needs_resize:
-        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        # Antialiased bilinear: half the CPU of bicubic; the model processor does its own final resize anyway.
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     if orientation != 1:
         rgb = rgb.transpose(_UPRIGHT[orientation])
     out = io.BytesIO()
