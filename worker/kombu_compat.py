@@ -26,8 +26,6 @@ def _connparams(self: Any, asynchronous: bool = False) -> Any:
     return _original_connparams(self, asynchronous)  # type: ignore[no-untyped-call]
 
 
-
-
 _original_create_client = kombu_redis.Channel._create_client
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import socket
-import threading
 from dataclasses import dataclass
 
 import redis
@@ -21,6 +20,7 @@ from worker.inference.base import InferenceBackend
 from worker.pipeline import Moderator
 from worker.policies import PolicyResolver
 from worker.publish import Publisher
+from worker.singleton import PerProcess
 from worker.sources import ImageSource
 
 
@@ -89,22 +89,6 @@ class Runtime:
         self.redis.close()
 
 
-_lock = threading.Lock()
-_runtime: Runtime | None = None
-
-
-def get_runtime() -> Runtime:
-    global _runtime  # noqa: PLW0603 - one runtime per process by design
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                _runtime = Runtime.build(load_settings())
-    return _runtime
-
-
-def close_runtime() -> None:
-    global _runtime  # noqa: PLW0603
-    with _lock:
-        if _runtime is not None:
-            _runtime.close()
-            _runtime = None
+_runtime: PerProcess[Runtime] = PerProcess(lambda: Runtime.build(load_settings()))
+get_runtime = _runtime.get
+close_runtime = _runtime.close

@@ -6,11 +6,11 @@ handling, URL re-parsing) cost more CPU per call than the call itself, so the ho
 
 from __future__ import annotations
 
-import orjson
 from dataclasses import dataclass
 from typing import Any
 
 import httpcore
+import orjson
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ worker (acks late, reject on worker lost, prefetch 1), no countdowns at all (del
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import redis
@@ -15,33 +14,15 @@ from schemas.errors import ErrorCode
 from schemas.keys import WEBHOOK_QUEUE
 from schemas.netpolicy import AddressPolicy
 from schemas.settings import Settings, load_settings
+from worker.celeryconf import base_conf
+from worker.singleton import PerProcess
 from worker.webhooks.deliverer import Deliverer
 from worker.webhooks.sender import WebhookSender
 
 
 def create_app(settings: Settings) -> Celery:
     app = Celery("guardq-webhooks", broker=settings.redis_url, include=["worker.webhooks.tasks"])
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        result_backend=None,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_concurrency=settings.webhook_concurrency,
-        worker_pool="threads",
-        broker_transport_options=settings.broker_transport_options(),
-        visibility_timeout=settings.visibility_timeout_s,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-        task_default_queue=WEBHOOK_QUEUE,
-        task_create_missing_queues=True,
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
+    app.conf.update(base_conf(settings, concurrency=settings.webhook_concurrency, default_queue=WEBHOOK_QUEUE))
     return app
 
 
@@ -78,17 +59,8 @@ class WebhookRuntime:
         self.redis.close()
 
 
-_lock = threading.Lock()
-_runtime: WebhookRuntime | None = None
-
-
-def get_runtime() -> WebhookRuntime:
-    global _runtime  # noqa: PLW0603 - one runtime per process by design
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                _runtime = WebhookRuntime.build(load_settings())
-    return _runtime
+_runtime: PerProcess[WebhookRuntime] = PerProcess(lambda: WebhookRuntime.build(load_settings()))
+get_runtime = _runtime.get
 
 
 app = create_app(load_settings())
@@ -96,8 +68,4 @@ app = create_app(load_settings())
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
 def _close(**_: object) -> None:
-    global _runtime  # noqa: PLW0603
-    with _lock:
-        if _runtime is not None:
-            _runtime.close()
-            _runtime = None
+    _runtime.close()
