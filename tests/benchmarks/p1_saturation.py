@@ -80,7 +80,7 @@ def naive_throughput(env: dict[str, str], workdir: Path, queue: JobQueue, blobs:
         "--hostname=naive@localhost",
         "--without-gossip",
         "--without-mingle",
-        "--loglevel=WARNING",
+        "--loglevel=INFO",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

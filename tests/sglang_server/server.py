@@ -66,6 +66,11 @@ class Behaviour:
     hang_s: float = 3600.0
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # socketserver's default backlog of 5 resets connections under a burst
+    daemon_threads = True
+
+
 class SimulatedSGLang:
     """Owns the HTTP server thread; the handler reads shared state from here."""
 
@@ -78,7 +83,7 @@ class SimulatedSGLang:
         self.peak_running = 0
         self._slots: threading.BoundedSemaphore | None = None
         handler = type("Handler", (_Handler,), {"sim": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sglang-sim", daemon=True)
 
