@@ -171,6 +171,26 @@ def warnings_for(policy: Policy) -> list[str]:
     return [SENSITIVE_WARNING] if policy.uses_sensitive else []
 
 
+def describe(stored: StoredPolicy, prompt_version: PromptVersion) -> dict[str, Any]:
+    """A stored version as JSON (``guardq policy`` and ``/v1/policies``), with the sha256 of the text a model of
+    ``prompt_version`` reads (the policy's pinned version wins) and the warnings for people."""
+    p = stored.policy
+    return {
+        "name": p.name,
+        "version": p.version,
+        "ref": stored.ref,
+        "prompt_version": p.prompt_version.value if p.prompt_version else None,
+        "declarations": {k: v.value for k, v in p.declarations.items()},
+        "unsafe_threshold": p.unsafe_threshold,
+        "verdict_only": p.verdict_only,
+        "created_at": stored.created_at.isoformat() if stored.created_at else None,
+        "deleted": stored.deleted,
+        "sha256": p.sha256(prompt_version),
+        "text_prompt_version": (p.prompt_version or prompt_version).value,
+        "warnings": warnings_for(p),
+    }
+
+
 class PolicyStore:
     """Create, read, diff and delete stored policies; set tenants' default policies."""
 

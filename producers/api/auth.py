@@ -23,7 +23,11 @@ import redis
 from producers.api.errors import ApiError
 from producers.rediskeys import api_key_key, tenant_api_keys
 
-SCOPES = ("moderate", "intake")
+# moderate: moderations, uploads, job status, the tenant's default policy · intake: S3 event notifications ·
+# webhooks: the tenant's webhook subscriptions, test pings, replay · policies (operators): create and delete stored
+# policies, which every tenant can name. A new key gets DEFAULT_SCOPES unless scopes are named.
+SCOPES = ("moderate", "intake", "webhooks", "policies")
+DEFAULT_SCOPES = ("moderate", "intake", "webhooks")
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOKEN = re.compile(r"^gq_([0-9a-f]{12})_([A-Za-z0-9_-]{20,})$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="guardq"'}
@@ -69,7 +73,9 @@ class ApiKeyStore:
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self._redis = client
 
-    def create(self, tenant: str, scopes: tuple[str, ...] = SCOPES, buckets: tuple[str, ...] = ()) -> tuple[str, str]:
+    def create(
+        self, tenant: str, scopes: tuple[str, ...] = DEFAULT_SCOPES, buckets: tuple[str, ...] = ()
+    ) -> tuple[str, str]:
         """Create a key; return ``(key id, full key)``. The full key is shown once and never stored."""
         if not TENANT_PATTERN.match(tenant):
             raise ValueError(f"tenant {tenant!r} must match {TENANT_PATTERN.pattern}")

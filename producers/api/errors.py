@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.errors import PermanentError
+from schemas.errors import GuardqError, PermanentError
 
 HTTP_CODES = {
     400: "bad_request",
@@ -41,6 +41,15 @@ class ApiError(PermanentError):
         self.api_code = api_code
         self.field = field
         self.headers = headers or {}
+
+    @classmethod
+    def of(cls, exc: GuardqError, status: int = 422, *, code: str | None = None, field: str | None = None) -> ApiError:
+        """``exc`` as a refusal with ``status`` and its stable code; a transient failure is a 503 to retry."""
+        if exc.retryable:
+            return cls(
+                503, "unavailable", f"{exc.message}; nothing was stored, retry later", headers={"Retry-After": "5"}
+            )
+        return cls(status, code or exc.code.value, exc.message, field=field)
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -16,11 +17,8 @@ from producers.api.services import (
     PrincipalDep,
     Services,
     ServicesDep,
-    build_job,
-    check_callback_url,
     image_source,
-    resolve_model,
-    resolve_policy,
+    job_factory,
 )
 from schemas.job import ModerationJob, new_job_id
 from schemas.keys import job_key
@@ -43,7 +41,11 @@ class ModerationRequest(BaseModel):
     )
     model: str | None = Field(default=None, description="Checkpoint to use (default: the service's).")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed in the verdict event.")
-    callback_url: str | None = Field(default=None, max_length=2048, description="https:// URL for the verdict.")
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="https:// URL that gets the signed verdict (a public address; checked now and at send time).",
+    )
 
 
 class Accepted(BaseModel):
@@ -83,7 +85,7 @@ def enqueue_once(
     tenant: str,
     idem_key: str | None,
     print_: str,
-    make_job: Any,
+    make_job: Callable[[str], ModerationJob],
 ) -> JSONResponse:
     """Enqueue the job ``make_job(job_id)`` builds, honouring an Idempotency-Key; nothing is half-enqueued."""
     if idem_key is None:
@@ -113,26 +115,17 @@ def create_moderation(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     who.require("moderate")
-    image = image_source(who, body.source)
-    policy, policy_ref = resolve_policy(svc, body.policy)
-    model = resolve_model(body.model)
-    callback = check_callback_url(body.callback_url)
+    make_job = job_factory(
+        svc,
+        who,
+        image_source(who, body.source),
+        policy=body.policy,
+        model=body.model,
+        metadata=body.metadata,
+        callback_url=body.callback_url,
+        idempotency_key=idempotency_key,
+    )
     print_ = fingerprint("POST", "/v1/moderations", body.model_dump(mode="json"))
-
-    def make_job(job_id: str) -> ModerationJob:
-        return build_job(
-            job_id=job_id,
-            image=image,
-            model=model,
-            policy=policy,
-            policy_ref=policy_ref,
-            tenant=who.tenant,
-            metadata=body.metadata,
-            idempotency_key=idempotency_key,
-            callback_url=callback,
-        )
-
-    make_job(new_job_id())  # every rule checked before any key is claimed or anything is sent
     return enqueue_once(svc, request, who.tenant, idempotency_key, print_, make_job)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import Depends, Header, Request
 from pydantic import ValidationError
@@ -16,10 +15,12 @@ from producers.api.idempotency import IdempotencyStore
 from producers.api.ratelimit import RateLimiter
 from producers.api.sns import SnsConfirmer
 from producers.broker import JobQueue
+from producers.policy_store import PolicyStore
 from producers.uploads import UploadStore
+from producers.webhooks.deliveries import DeliveryStore
+from producers.webhooks.registry import SubscriptionRegistry, check_target
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob
-from schemas.keys import policy_key
 from schemas.models import get_model
 from schemas.policy import Policy
 from schemas.settings import Settings
@@ -34,6 +35,9 @@ class Services:
     limiter: RateLimiter
     idempotency: IdempotencyStore
     sns: SnsConfirmer
+    policies: PolicyStore
+    subscriptions: SubscriptionRegistry
+    deliveries: DeliveryStore
 
     @classmethod
     def build(cls, settings: Settings, queue: JobQueue | None = None) -> Services:
@@ -47,6 +51,9 @@ class Services:
             limiter=RateLimiter(queue.redis, settings.api_rate_limit, settings.api_rate_window_s),
             idempotency=IdempotencyStore(queue.redis, settings.api_idempotency_ttl_s),
             sns=SnsConfirmer(settings),
+            policies=PolicyStore(queue.redis),
+            subscriptions=SubscriptionRegistry(queue.redis, settings),
+            deliveries=DeliveryStore(queue.redis, settings),
         )
 
     def close(self) -> None:
@@ -76,16 +83,15 @@ PrincipalDep = Annotated[Principal, Depends(principal)]
 
 
 def resolve_policy(svc: Services, value: str | Policy | None) -> tuple[Policy | None, str | None]:
-    """An inline policy, or a stored ``name[@version]`` that must exist (else every job would fail later)."""
+    """An inline policy, or a stored ``name[@version]`` that must resolve now (else every job would fail later)."""
     if isinstance(value, Policy):
         return (value if "name" in value.model_fields_set else value.model_copy(update={"name": "custom"})), None
-    if value is None:
+    if value is None or value in ("", "default"):
         return None, None
-    if value in ("", "default"):
-        return None, None
-    name, _, version = value.partition("@")
-    if not svc.queue.redis.hexists(policy_key(name), version or "latest"):
-        raise ApiError(422, "policy_unknown", f"policy {value!r} is not stored", field="policy")
+    try:
+        svc.policies.get(value)
+    except GuardqError as exc:
+        raise ApiError.of(exc, field="policy") from None
     return None, value
 
 
@@ -98,26 +104,22 @@ def resolve_model(name: str | None) -> str | None:
         raise ApiError(422, "model_unknown", str(exc), field="model") from None
 
 
-def check_callback_url(url: str | None) -> str | None:
-    """Only https callbacks to a named or public host; the sender re-checks every address when it delivers."""
+def check_callback_url(svc: Services, url: str | None) -> str | None:
+    """The webhook target check subscriptions pass (scheme, no credentials, every resolved address allowed).
+
+    Run when the job is submitted, so a refused target is a 422 now rather than a dead letter later; the webhook
+    worker checks the address it connects to again at send time (DNS can change).
+    """
     if url is None:
         return None
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
-        raise ApiError(
-            422,
-            "invalid_callback_url",
-            "callback_url must be an https:// URL without credentials",
-            field="callback_url",
-        )
     try:
-        ip = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return url
-    if not ip.is_global:
+        check_target(url, svc.settings)
+    except GuardqError as exc:
+        if exc.retryable:
+            raise ApiError.of(exc) from None
         raise ApiError(
-            422, "invalid_callback_url", "callback_url may not point at a non-public address", field="callback_url"
-        )
+            422, "invalid_callback_url", f"callback_url refused: {exc.message}", field="callback_url"
+        ) from None
     return url
 
 
@@ -133,6 +135,39 @@ def image_source(who: Principal, source: str) -> ImageRef:
     if scheme == "s3":
         who.require_bucket(ref.bucket)
     return ref
+
+
+def job_factory(
+    svc: Services,
+    who: Principal,
+    image: ImageRef,
+    *,
+    policy: str | Policy | None,
+    model: str | None,
+    metadata: dict[str, Any],
+    callback_url: str | None,
+    idempotency_key: str | None,
+) -> Callable[[str], ModerationJob]:
+    """Check a request's job options (stored policy, model, callback target, the job's own rules) in that order and
+    return ``job_id -> ModerationJob``. Everything is checked here, before any idempotency key is claimed, any file
+    stored or anything sent; blocking (Redis, DNS): async routes call it in the thread pool."""
+    inline, ref = resolve_policy(svc, policy)
+    fields: dict[str, Any] = {
+        "image": image,
+        "model": resolve_model(model),
+        "policy": inline,
+        "policy_ref": ref,
+        "tenant": who.tenant,
+        "metadata": metadata,
+        "idempotency_key": idempotency_key,
+        "callback_url": check_callback_url(svc, callback_url),
+    }
+
+    def make(job_id: str) -> ModerationJob:
+        return build_job(job_id=job_id, **fields)
+
+    make("probe")
+    return make
 
 
 def build_job(**fields: Any) -> ModerationJob:

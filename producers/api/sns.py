@@ -11,9 +11,7 @@ an operator to open. ``GUARDQ_SNS_TOPIC_ARNS`` restricts which topics are accept
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,6 +20,8 @@ import structlog
 from httpcore._backends.base import SOCKET_OPTION
 
 from producers.api.errors import ApiError
+from schemas.errors import GuardqError
+from schemas.netpolicy import AddressPolicy, resolve
 from schemas.settings import Settings
 
 log = structlog.get_logger("guardq.api")
@@ -31,15 +31,11 @@ MESSAGE_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "Unsubscr
 
 
 class _CheckedBackend(httpcore.SyncBackend):
-    """Resolve the host, refuse if any address is internal, then connect to a checked address."""
+    """Resolve the host, refuse it if any address is not allowed (``schemas/netpolicy.py``, the rules image URLs
+    and webhook targets follow), then connect to a checked address."""
 
-    def __init__(self, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-        self._allowed = allowed
-
-    def _permitted(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if any(ip in net for net in self._allowed):
-            return True
-        return ip.is_global and not (ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved)
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
 
     def connect_tcp(
         self,
@@ -50,14 +46,12 @@ class _CheckedBackend(httpcore.SyncBackend):
         socket_options: Iterable[SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from None
-        addresses = list(dict.fromkeys(str(info[4][0]).split("%", 1)[0] for info in infos))
-        for address in addresses:
-            if not self._permitted(ipaddress.ip_address(address)):
-                raise httpcore.ConnectError(f"{host} resolves to non-public address {address}")
-        return super().connect_tcp(addresses[0], port, timeout, local_address, socket_options)
+            addresses = resolve(host, port)
+            for ip in addresses:
+                self._policy.check(host, ip)
+        except GuardqError as exc:
+            raise httpcore.ConnectError(exc.message) from None
+        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
 
 
 class SnsConfirmer:
@@ -66,8 +60,8 @@ class SnsConfirmer:
         self.topics = frozenset(settings.sns_topic_arns)
         self._extra_hosts = frozenset(settings.sns_confirm_hosts)
         self._timeout = timeout_s
-        allowed = [ipaddress.ip_network(n, strict=False) for n in settings.url_allowed_networks]
-        self._pool = httpcore.ConnectionPool(network_backend=_CheckedBackend(allowed), max_connections=4, retries=0)
+        policy = AddressPolicy(settings.url_allowed_networks)
+        self._pool = httpcore.ConnectionPool(network_backend=_CheckedBackend(policy), max_connections=4, retries=0)
 
     def check_topic(self, topic_arn: str) -> None:
         if self.topics and topic_arn not in self.topics:

@@ -28,13 +28,10 @@ from producers.api.moderations import Accepted, enqueue_once
 from producers.api.services import (
     PrincipalDep,
     ServicesDep,
-    build_job,
-    check_callback_url,
-    resolve_model,
-    resolve_policy,
+    job_factory,
 )
 from producers.uploads import guess_extension
-from schemas.job import ImageRef, ModerationJob
+from schemas.job import ImageRef
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
@@ -205,26 +202,18 @@ async def upload(
             metadata = None
         if not isinstance(metadata, dict):
             raise ApiError(422, "invalid_request", "metadata must be a JSON object", field="metadata")
-        policy, policy_ref = await run_in_threadpool(resolve_policy, svc, fields.get("policy"))
-        model = resolve_model(fields.get("model"))
-        callback = check_callback_url(fields.get("callback_url"))
         digest, ext, size = receiver.sha256.hexdigest(), receiver.extension or "bin", receiver.size
-        image = ImageRef(uri=f"upload://{digest}.{ext}", size=size)
-
-        def make_job(job_id: str) -> ModerationJob:
-            return build_job(
-                job_id=job_id,
-                image=image,
-                model=model,
-                policy=policy,
-                policy_ref=policy_ref,
-                tenant=who.tenant,
-                metadata=metadata,
-                idempotency_key=idempotency_key,
-                callback_url=callback,
-            )
-
-        make_job("probe")  # every rule checked before the file is stored or anything is sent
+        make_job = await run_in_threadpool(
+            job_factory,
+            svc,
+            who,
+            ImageRef(uri=f"upload://{digest}.{ext}", size=size),
+            policy=fields.get("policy"),
+            model=fields.get("model"),
+            metadata=metadata,
+            callback_url=fields.get("callback_url"),
+            idempotency_key=idempotency_key,
+        )
         print_ = fingerprint("POST", "/v1/uploads", {"sha256": digest, "fields": fields})
         spooled = receiver.file_path
         await run_in_threadpool(svc.uploads.put_file, spooled, sha256=digest, extension=ext, size=size)

@@ -47,6 +47,7 @@ class BackfillOptions(BaseModel):
     tenant: str = "default"
     metadata: dict[str, Any] = Field(default_factory=dict)
     queue: str
+    results: str | None = None  # s3://bucket/prefix for the verdicts as JSON Lines (registered before each run)
 
 
 @dataclass

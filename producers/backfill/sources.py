@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from schemas.errors import ConfigError, ErrorCode, PermanentError, TransientError
+from schemas.errors import ErrorCode, PermanentError, TransientError
 
 
 @dataclass(frozen=True)
@@ -29,16 +28,6 @@ class ObjectEntry:
     version_id: str | None = None
     storage_class: str | None = None
     position: tuple[int, int] | None = None
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` → ``(bucket, prefix)``; the prefix may be empty (the whole bucket)."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ConfigError(f"{url!r} is not an s3://bucket[/prefix] URL")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{url!r}: a backfill source takes no ?query or #fragment")
-    return parts.netloc, url.split("://", 1)[1].partition("/")[2]
 
 
 def s3_error(exc: Exception, where: str) -> Exception:

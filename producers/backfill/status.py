@@ -33,6 +33,7 @@ def backfill_status(client: redis.Redis[bytes], backfill_id: str, *, tally_budge
         "state": state,
         "source": options.source,
         "queue": options.queue,
+        "results": options.results,
         "queue_depth": int(client.llen(options.queue)),
         "listed": progress.listed,
         "enqueued": progress.enqueued,

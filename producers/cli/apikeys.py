@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from producers.api.auth import SCOPES, ApiKeyStore
+from producers.api.auth import DEFAULT_SCOPES, SCOPES, ApiKeyStore
 from producers.cli.common import fail, job_queue, redis_errors
 
 apikeys_cli = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys of a tenant.")
@@ -22,7 +22,12 @@ def _store() -> ApiKeyStore:
 def create(
     tenant: Annotated[str, typer.Argument(help="Tenant the key acts for (goes onto every job).")],
     scope: Annotated[
-        list[str] | None, typer.Option("--scope", help=f"Allowed scope, repeatable: {', '.join(SCOPES)} (default all).")
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help=f"Allowed scope, repeatable: {', '.join(SCOPES)} (default {', '.join(DEFAULT_SCOPES)}; "
+            "'policies' lets the key create and delete the stored policies all tenants share).",
+        ),
     ] = None,
     bucket: Annotated[
         list[str] | None, typer.Option("--bucket", help="Only these S3 buckets may be named (repeatable).")
@@ -31,7 +36,7 @@ def create(
     """Create a key and print it once (only its hash is stored)."""
     with redis_errors():
         try:
-            key_id, token = _store().create(tenant, tuple(scope or SCOPES), tuple(bucket or ()))
+            key_id, token = _store().create(tenant, tuple(scope or DEFAULT_SCOPES), tuple(bucket or ()))
         except ValueError as exc:
             fail(str(exc))
     typer.echo(token)
@@ -60,7 +65,7 @@ def list_keys(
         else:
             state = "revoked" if row["revoked"] else "active"
             buckets = ",".join(info.buckets) or "any bucket"
-            typer.echo(f"{info.key_id}  {state:<7}  {','.join(info.scopes):<15} {buckets:<20} {row['created_at']}")
+            typer.echo(f"{info.key_id}  {state:<7}  {','.join(info.scopes):<24} {buckets:<20} {row['created_at']}")
 
 
 @apikeys_cli.command("revoke")

@@ -1,7 +1,8 @@
 """``guardq backfill``: moderate every object under an S3 prefix (or in an inventory), resumably, with backpressure.
 
 ``guardq backfill s3://bucket/prefix`` is short for ``guardq backfill run s3://bucket/prefix``;
-``guardq backfill status ID`` reports a backfill's progress and verdict counts; ``guardq backfill list`` the recent ones.
+``guardq backfill status ID`` reports a backfill's progress and verdict counts; ``guardq backfill list`` the recent
+ones; ``guardq backfill report ID`` counts the results written by ``--results`` (it is ``guardq results report``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from producers.backfill.manifest import read_manifest
 from producers.backfill.progress import LogReporter, RichReporter
 from producers.backfill.runner import BackfillRunner
 from producers.backfill.session import Outcome, execute
-from producers.backfill.sources import parse_s3_url, s3_error
+from producers.backfill.sources import s3_error
 from producers.backfill.status import backfill_status
-from producers.cli.common import fail, job_queue, redis_errors, settings
-from producers.s3client import make_s3_client
+from producers.cli.common import check_policy_ref, fail, job_queue, parse_meta, redis_errors, settings
+from producers.cli.results import report as results_report
+from producers.results.targets import register_results, split_s3_uri
+from producers.s3client import make_s3_client, parse_s3_url
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob, Priority
-from schemas.keys import policy_key, queue_name
+from schemas.keys import queue_name
 from schemas.logs import configure_logging
 from schemas.models import get_model
 
@@ -49,26 +52,6 @@ backfill_cli = typer.Typer(
 )
 
 
-def _metadata(pairs: list[str]) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--meta expects KEY=VALUE, got {pair!r}")
-        meta[key] = value
-    return meta
-
-
-def _check_policy(ref: str | None) -> None:
-    """A backfill under a policy that is not stored would fail every one of its jobs: refuse it up front."""
-    if ref in (None, "", "default"):
-        return
-    assert ref is not None
-    name, _, version = ref.partition("@")
-    if not job_queue().redis.hexists(policy_key(name), version or "latest"):
-        fail(f"policy {ref!r} is not stored")
-
-
 def _new_options(
     source: str | None,
     manifest: str | None,
@@ -79,13 +62,14 @@ def _new_options(
     tenant: str,
     meta: list[str],
     queue: str | None,
+    results: str | None,
     s3: Any,
 ) -> BackfillOptions:
     if bool(source) == bool(manifest):
         fail("give either SOURCE (s3://bucket/prefix) or --manifest s3://…/manifest.json")
     spec = get_model(model or settings().model)
     try:  # the jobs' own rules (tenant name, metadata size, policy reference), checked once up front
-        ModerationJob(image=ImageRef(uri="s3://probe/key"), tenant=tenant, metadata=_metadata(meta), policy_ref=policy)
+        ModerationJob(image=ImageRef(uri="s3://probe/key"), tenant=tenant, metadata=parse_meta(meta), policy_ref=policy)
     except ValidationError as exc:
         err = exc.errors()[0]
         fail(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
@@ -95,8 +79,9 @@ def _new_options(
         "model": spec.name,
         "policy_ref": policy,
         "tenant": tenant,
-        "metadata": _metadata(meta),
+        "metadata": parse_meta(meta),
         "queue": queue or queue_name(spec, Priority.BULK),
+        "results": _results_location(results, s3),
     }
     if manifest:
         read_manifest(s3, manifest)  # fail now on a bad manifest, before a record exists
@@ -108,6 +93,18 @@ def _new_options(
     except (ClientError, BotoCoreError) as exc:
         raise s3_error(exc, f"s3://{bucket}") from None
     return BackfillOptions(source=source, mode="list", bucket=bucket, prefix=prefix, **common)
+
+
+def _results_location(uri: str | None, s3: Any) -> str | None:
+    """``--results s3://bucket/prefix``, checked now (its bucket must exist) rather than by a failing sink later."""
+    if uri is None:
+        return None
+    bucket, _ = split_s3_uri(uri)
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as exc:
+        raise s3_error(exc, f"results bucket s3://{bucket}") from None
+    return uri.rstrip("/")
 
 
 @backfill_cli.command("run")
@@ -128,6 +125,13 @@ def run(
     meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata KEY=VALUE on every job.")] = None,
     queue: Annotated[
         str | None, typer.Option(help="Queue to fill (default the model's bulk queue); for dedicated workers.")
+    ] = None,
+    results: Annotated[
+        str | None,
+        typer.Option(
+            help="s3://bucket/prefix: write the verdicts there as JSON Lines (needs `guardq results sink` running); "
+            "count them with `guardq backfill report ID`."
+        ),
     ] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the backfill with this id where it stopped.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be enqueued; send nothing.")] = False,
@@ -151,6 +155,7 @@ def _run(
     tenant: str,
     meta: list[str] | None,
     queue: str | None,
+    results: str | None,
     resume: str | None,
     dry_run: bool,
     log_interval: float,
@@ -163,7 +168,7 @@ def _run(
     s3 = make_s3_client(cfg)
     try:
         if resume:
-            given = [source, manifest, include, max_bytes, model, policy, meta, queue]
+            given = [source, manifest, include, max_bytes, model, policy, meta, queue, results]
             if any(v for v in given) or tenant != "default":
                 fail("--resume continues with the options stored at creation: drop SOURCE and the filter/job options")
             if dry_run:
@@ -175,18 +180,20 @@ def _run(
                 fail(f"backfill {resume} already finished; start a new one to moderate again")
         else:
             options = _new_options(
-                source, manifest, include or [], max_bytes, model, policy, tenant, meta or [], queue, s3
+                source, manifest, include or [], max_bytes, model, policy, tenant, meta or [], queue, results, s3
             )
             if dry_run:
                 store, record = None, _dry_record(options)
             else:
-                _check_policy(policy)
+                check_policy_ref(policy)
                 store = BackfillStore(job_queue().redis)
                 record = store.create(options)
         lease = None
         if store is not None:
             lease = RunLease(job_queue().redis, record.backfill_id, cfg.backfill_lock_ttl_s)
             lease.acquire()
+            if record.options.results:  # before the run's first job, on every run: the sink must know its events
+                register_results(job_queue().redis, record.backfill_id, record.options.results)
             record.progress.state, record.progress.error = "running", ""
     except GuardqError as exc:
         fail(str(exc))
@@ -305,7 +312,7 @@ def status(
     typer.echo(f"backfill {backfill_id}: {report['state']}  ({report['source']} → {report['queue']})")
     for key in ("listed", "enqueued", "skipped", "completed", "failed", "in_flight", "queue_depth"):
         typer.echo(f"  {key:<12} {report[key]:,}")
-    for key in ("last_key", "runner", "created_at", "updated_at", "finished_at", "error"):
+    for key in ("results", "last_key", "runner", "created_at", "updated_at", "finished_at", "error"):
         if report[key]:
             typer.echo(f"  {key:<12} {report[key]}")
     if not report["tally_caught_up"]:
@@ -326,3 +333,6 @@ def list_backfills(count: Annotated[int, typer.Option(min=1, help="How many, new
                 continue
             p = rec.progress
             typer.echo(f"{bid}  {p.state:<11} enqueued {p.enqueued:>10,}  {rec.options.source}")
+
+
+backfill_cli.command("report")(results_report)  # one report, two names: `guardq results report` is the same

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from producers.cli.common import fail, job_queue, settings
+from producers.cli.common import check_callback_url, check_policy_ref, fail, job_queue, parse_meta, settings
 from producers.events import last_id, wait_for
 from producers.uploads import UploadStore
 from schemas.errors import GuardqError
@@ -38,16 +38,6 @@ def _reference(source: str, store: UploadStore) -> ImageRef:
     return store.put(path.read_bytes(), extension=path.suffix or None)
 
 
-def _metadata(pairs: list[str]) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--meta expects KEY=VALUE, got {pair!r}")
-        meta[key] = value
-    return meta
-
-
 def enqueue(
     sources: Annotated[
         list[str], typer.Argument(help="s3://bucket/key, https://..., upload://key, a file, or - for stdin")
@@ -60,6 +50,10 @@ def enqueue(
     sensitive: Annotated[list[str] | None, typer.Option("--sensitive", help="Declare Ox sensitive.")] = None,
     tenant: Annotated[str, typer.Option(help="Tenant the job belongs to.")] = "default",
     meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata KEY=VALUE (repeatable).")] = None,
+    callback_url: Annotated[
+        str | None,
+        typer.Option("--callback-url", help="https:// URL that gets each job's signed verdict (a public address)."),
+    ] = None,
     bulk: Annotated[bool, typer.Option("--bulk", help="Queue behind interactive work.")] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="Print each job's terminal event (JSON) when it arrives.")
@@ -82,6 +76,8 @@ def enqueue(
             inline = Policy(name="custom", declarations=declarations)
     except (GuardqError, ValidationError) as exc:
         fail(str(exc).splitlines()[0] if isinstance(exc, GuardqError) else _first_error(exc))
+    check_policy_ref(policy)
+    check_callback_url(callback_url)
     store = UploadStore(cfg)
     jobs: list[ModerationJob] = []
     for source in items:
@@ -94,8 +90,9 @@ def enqueue(
                     policy=inline,
                     policy_ref=policy,
                     tenant=tenant,
-                    metadata=extra | _metadata(meta or []),
+                    metadata=extra | parse_meta(meta or []),
                     priority=Priority.BULK if bulk else Priority.INTERACTIVE,
+                    callback_url=callback_url,
                 )
             )
         except ValidationError as exc:

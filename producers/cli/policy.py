@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from producers.cli.common import fail, job_queue, settings
-from producers.policy_store import PolicyStore, StoredPolicy, build_policy, diff_policies, warnings_for
+from producers.policy_store import PolicyStore, StoredPolicy, build_policy, describe, diff_policies, warnings_for
 from schemas.errors import GuardqError
 from schemas.logs import configure_logging
 from schemas.models import ModelSpec, get_model
-from schemas.policy import Policy
+from schemas.policy import Policy, parse_policy_ref
 from schemas.taxonomy import PromptVersion
 
 policy_cli = typer.Typer(
@@ -61,20 +61,7 @@ def _declarations(policy: Policy) -> str:
 
 
 def _describe(stored: StoredPolicy, spec: ModelSpec) -> dict[str, object]:
-    p = stored.policy
-    return {
-        "name": p.name,
-        "version": p.version,
-        "ref": stored.ref,
-        "prompt_version": p.prompt_version.value if p.prompt_version else None,
-        "declarations": {k: v.value for k, v in p.declarations.items()},
-        "unsafe_threshold": p.unsafe_threshold,
-        "verdict_only": p.verdict_only,
-        "created_at": stored.created_at.isoformat() if stored.created_at else None,
-        "deleted": stored.deleted,
-        "sha256": p.sha256(spec.prompt_version),
-        "sha256_model": spec.name,
-    }
+    return describe(stored, spec.prompt_version) | {"sha256_model": spec.name}
 
 
 @policy_cli.command("create")
@@ -128,7 +115,7 @@ def list_(
     table = Table("name", "latest", "prompt", "declarations", "threshold", "verdict-only", "default for")
     for stored in policies:
         p = stored.policy
-        tenants = sorted(t for t, ref in defaults.items() if ref.partition("@")[0] == p.name)
+        tenants = sorted(t for t, ref in defaults.items() if parse_policy_ref(ref)[0] == p.name)
         table.add_row(
             p.name,
             str(p.version),
@@ -180,7 +167,7 @@ def diff(
     store = _store()
     try:
         a = store.get(old).policy
-        b = store.get(new or old.partition("@")[0]).policy
+        b = store.get(new or parse_policy_ref(old)[0]).policy  # old resolved: well formed
     except GuardqError as exc:
         fail(str(exc), code=1)
     result = diff_policies(a, b, spec.prompt_version)

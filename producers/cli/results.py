@@ -37,7 +37,7 @@ def register(
 def sink(name: Annotated[str | None, typer.Option(help="Consumer name (stable across restarts).")] = None) -> None:
     """Run the results sink until SIGTERM/Ctrl-C, then flush what it buffered."""
     from producers.results.sink import ResultsSink
-    from producers.results.targets import make_s3_client
+    from producers.s3client import make_s3_client
     from schemas.logs import configure_logging
 
     cfg = settings()
@@ -60,7 +60,8 @@ def report(
 ) -> None:
     """Count a backfill's results by rating, category and error code (each event id once); optionally a CSV."""
     from producers.results.report import build_report
-    from producers.results.targets import make_s3_client, results_uri
+    from producers.results.targets import results_uri
+    from producers.s3client import make_s3_client
 
     cfg = settings()
     uri = results or results_uri(job_queue().redis, cfg, backfill_id)

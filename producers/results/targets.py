@@ -4,20 +4,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
-from schemas.errors import ErrorCode, PermanentError
+from producers.s3client import parse_s3_url
+from schemas.errors import ErrorCode, GuardqError, PermanentError
 from schemas.keys import RESULTS_GROUP, RESULTS_TARGETS, VERDICT_STREAM
 from schemas.settings import Settings
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (prefix without slashes at the ends)."""
-    if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
-        raise PermanentError(f"results location {uri!r} is not s3://bucket[/prefix]", code=ErrorCode.INVALID_SOURCE)
-    bucket, _, prefix = uri[5:].partition("/")
+    try:
+        bucket, prefix = parse_s3_url(uri)
+    except GuardqError as exc:
+        raise PermanentError(f"results location: {exc}", code=ErrorCode.INVALID_SOURCE) from None
     return bucket, prefix.strip("/")
 
 
@@ -45,16 +45,3 @@ def register_results(client: redis.Redis[bytes], backfill_id: str, uri: str) -> 
 def results_uri(client: redis.Redis[bytes], settings: Settings, backfill_id: str) -> str | None:
     raw = client.hget(RESULTS_TARGETS, backfill_id)
     return raw.decode() if raw else settings.results_uri
-
-
-def make_s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the configured endpoint (standard ``AWS_*`` credentials)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        region_name=settings.s3_region,
-        retries={"mode": "standard", "max_attempts": 5},
-        s3={"addressing_style": settings.s3_addressing_style},
-    )
-    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config)

@@ -33,21 +33,27 @@ def ensure_dispatch_group(client: redis.Redis[bytes]) -> None:
             raise
 
 
+def check_target(url: str, settings: Settings) -> None:
+    """Raise :class:`PermanentError` (``forbidden_target``) unless ``url`` may receive webhooks.
+
+    The one check for every webhook target: subscriptions when they are registered, a job's ``callback_url`` when
+    the job is submitted (API, ``guardq enqueue``). A DNS failure that may pass is a :class:`TransientError`.
+    """
+    policy = AddressPolicy(settings.webhook_allowed_networks, code=ErrorCode.FORBIDDEN_TARGET)
+    check_url(url, policy, allow_http=settings.webhook_allow_http)
+
+
 class SubscriptionRegistry:
     """Subscriptions live in one Redis hash (id -> JSON); a few hundred per deployment is the expected scale."""
 
     def __init__(self, client: redis.Redis[bytes], settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._policy = AddressPolicy(settings.webhook_allowed_networks, code=ErrorCode.FORBIDDEN_TARGET)
         self._put_if_present = client.register_script(_PUT_IF_PRESENT)
 
     def check_target(self, url: str) -> None:
-        """Raise :class:`PermanentError` (``forbidden_target``) unless ``url`` may receive webhooks.
-
-        Use it for per-job ``callback_url`` values too, when the job is submitted.
-        """
-        check_url(url, self._policy, allow_http=self.settings.webhook_allow_http)
+        """:func:`check_target` under this registry's settings."""
+        check_target(url, self.settings)
 
     def add(
         self, *, url: str, tenant: str = "default", event_types: list[str] | None = None, description: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+import structlog
 
 from producers.api.auth import ApiKeyStore
+from producers.cli import common as cli_common
 from schemas.settings import Settings
 from tests.conftest import BUCKET
 from tests.services.procs import free_port, wait_until
@@ -32,6 +35,15 @@ class Prefix:
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+
+def reset_cli_state() -> None:
+    """Forget what an in-process ``guardq`` command set up for the process: the cached settings and queue, and the
+    logging it pointed at CliRunner's stderr (closed once the command returns; later log lines would fail)."""
+    cli_common.settings.cache_clear()
+    cli_common.job_queue.cache_clear()
+    structlog.reset_defaults()
+    logging.getLogger().handlers = []
 
 
 def upload(s3_client: Any, keys: list[str], body: bytes = b"\xff\xd8\xff tiny") -> None:

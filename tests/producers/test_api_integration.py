@@ -140,8 +140,13 @@ def test_the_key_is_also_accepted_as_the_basic_auth_password_as_sns_sends_it(
         ({"source": "s3://b/k.jpg", "policy": "never-stored"}, 422, "policy_unknown", "policy"),
         ({"source": "s3://b/k.jpg", "policy": {"declarations": {"O42": "sensitive"}}}, 422, "invalid_request", None),
         ({"source": "s3://b/k.jpg", "model": "LlavaGuard-999B"}, 422, "model_unknown", "model"),
-        ({"source": "s3://b/k.jpg", "callback_url": "http://hooks.example/x"}, 422, "invalid_callback_url", None),
-        ({"source": "s3://b/k.jpg", "callback_url": "https://10.0.0.1/x"}, 422, "invalid_callback_url", None),
+        (
+            {"source": "s3://b/k.jpg", "callback_url": "http://hooks.example/x"},
+            422,
+            "invalid_callback_url",
+            "callback_url",
+        ),
+        ({"source": "s3://b/k.jpg", "callback_url": "https://10.0.0.1/x"}, 422, "invalid_callback_url", "callback_url"),
         ({"source": "s3://b/k.jpg", "metadata": {"x": "y" * 20_000}}, 422, "invalid_request", "metadata"),
     ],
     ids=[
@@ -172,6 +177,29 @@ def test_a_bad_request_gets_a_precise_4xx_json_error_and_nothing_is_queued(
     assert (status, code) == (response.status_code, error["code"]), error
     if field:
         assert field == error.get("field")
+    assert [] == parked()
+
+
+@pytest.mark.parametrize(
+    ("callback", "reason"),
+    [
+        ("https://10.0.0.1/x", "refusing to connect to '10.0.0.1': it resolves to non-public address 10.0.0.1"),
+        ("https://127.0.0.2/x", "refusing to connect to '127.0.0.2': it resolves to non-public address 127.0.0.2"),
+        ("http://hooks.example/x", "URL scheme 'http' is not allowed; use https"),
+        ("https://u:p@hooks.example/x", "URL must not carry credentials"),
+        ("https:///x", "has no host"),
+    ],
+    ids=["private", "loopback-allowed-for-images-only", "http", "credentials", "no-host"],
+)
+def test_a_callback_url_is_checked_like_a_webhook_target_with_a_precise_message(
+    api: ApiServer, tenant: tuple[str, str], parked: Any, callback: str, reason: str
+) -> None:
+    body = {"source": f"s3://{BUCKET}/k.jpg", "model": PARKED_MODEL, "callback_url": callback}
+    response = httpx.post(f"{api.url}/v1/moderations", json=body, headers=bearer(tenant[1]))
+    error = response.json()["error"]
+    assert (422, "invalid_callback_url", "callback_url") == (response.status_code, error["code"], error["field"])
+    assert error["message"].startswith("callback_url refused: ")
+    assert reason in error["message"]
     assert [] == parked()
 
 

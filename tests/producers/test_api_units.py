@@ -90,6 +90,25 @@ def test_only_sns_confirmation_urls_for_the_same_topic_pass(url: str, allowed: b
         confirmer.close()
 
 
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [("localhost", "127.0.0.1"), ("10.0.0.1", "10.0.0.1"), ("169.254.169.254", "169.254.169.254")],
+    ids=["name-resolving-to-loopback", "private", "link-local-metadata"],
+)
+def test_a_listed_confirmation_host_resolving_to_a_non_public_address_is_never_connected_to(
+    host: str, address: str
+) -> None:
+    """The confirming client checks every resolved address with schemas/netpolicy (the image fetcher's rules)."""
+    confirmer = SnsConfirmer(Settings(sns_confirm_hosts=[host]))
+    try:
+        with pytest.raises(ApiError) as err:
+            confirmer.confirm(f"http://{host}:9/?Action=ConfirmSubscription&TopicArn={TOPIC}")
+    finally:
+        confirmer.close()
+    assert (502, "confirmation_failed") == (err.value.status, err.value.api_code)
+    assert f"non-public address {address}" in err.value.message
+
+
 def test_credentials_come_from_bearer_or_the_basic_password() -> None:
     basic = base64.b64encode(b"sns:gq_key").decode()
     assert "gq_key" == _token_from_header("Bearer gq_key")

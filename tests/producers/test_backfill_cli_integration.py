@@ -19,12 +19,11 @@ from producers.backfill.checkpoint import BackfillOptions, BackfillStore
 from producers.backfill.manifest import read_manifest
 from producers.broker import JobQueue
 from producers.cli import app
-from producers.cli import common as cli_common
 from producers.rediskeys import BACKFILL_INDEX
 from schemas.errors import ConfigError
 from schemas.models import DEFAULT_MODEL
 from tests.conftest import BUCKET
-from tests.producers.conftest import queued_jobs, upload
+from tests.producers.conftest import queued_jobs, reset_cli_state, upload
 from tests.producers.test_backfill_integration import keys_of, run_backfill
 
 pytestmark = pytest.mark.integration
@@ -37,13 +36,11 @@ def guardq(worker_env: dict[str, str]) -> Iterator[Invoke]:
     """Run ``guardq ...`` in-process against the test services (settings are read afresh for each call)."""
 
     def invoke(*args: str) -> Result:
-        cli_common.settings.cache_clear()
-        cli_common.job_queue.cache_clear()
+        reset_cli_state()
         return CliRunner().invoke(app, list(args), env=worker_env)
 
     yield invoke
-    cli_common.settings.cache_clear()
-    cli_common.job_queue.cache_clear()
+    reset_cli_state()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +101,10 @@ def test_the_short_form_runs_a_backfill_and_status_reports_it(
     [
         (["backfill", "http://example.com/x"], "is not an s3://bucket[/prefix] URL"),
         (["backfill", "s3://no-such-bucket-here/x"], "s3://no-such-bucket-here does not exist"),
-        (["backfill", "s3://guardq-test/x", "--policy", "never-stored"], "policy 'never-stored' is not stored"),
+        (
+            ["backfill", "s3://guardq-test/x", "--policy", "never-stored"],
+            "--policy never-stored: no stored policy 'never-stored'",
+        ),
         (["backfill", "s3://guardq-test/x", "--tenant", "bad tenant!"], "tenant: String should match pattern"),
         (["backfill", "--resume", "bf-0000000000000000"], "no backfill 'bf-0000000000000000'"),
         (["backfill", "--resume", "bf-0000000000000000", "s3://guardq-test/x"], "--resume continues with the options"),

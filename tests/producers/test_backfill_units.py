@@ -10,9 +10,10 @@ import pytest
 
 from producers.backfill.manifest import _entry
 from producers.backfill.runner import backfill_job_id
-from producers.backfill.sources import SKIP_INCLUDE, SKIP_OTHER, SKIP_SIZE, ObjectEntry, parse_s3_url, skip_reason
+from producers.backfill.sources import SKIP_INCLUDE, SKIP_OTHER, SKIP_SIZE, ObjectEntry, skip_reason
 from producers.backfill.tally import _backfill_event
 from producers.backfill.throttle import Backpressure, Stopped
+from producers.s3client import parse_s3_url
 from schemas.errors import ConfigError
 
 
