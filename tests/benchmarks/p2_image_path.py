@@ -18,6 +18,7 @@ from PIL import Image
 from schemas.models import get_model
 from tests import images
 from tests.benchmarks.harness import Figure, services, settings_from
+from tests.benchmarks.workload import photo_like_jpeg
 from worker.image import prepare_image
 from worker.sources.s3 import S3Fetcher, make_s3_client
 
@@ -45,7 +46,8 @@ def corpus() -> dict[str, bytes]:
     small = Image.effect_noise((480, 270), 50).convert("RGB").resize((3840, 2160), Image.Resampling.BILINEAR)
     small.save(png, "PNG")
     return {
-        "12MP JPEG (4000x3000)": images.noisy_jpeg((4000, 3000), quality=92),
+        "12MP JPEG (4000x3000)": photo_like_jpeg(),
+        "12MP high-entropy JPEG": images.noisy_jpeg((4000, 3000), quality=92),
         "4K PNG (3840x2160)": png.getvalue(),
         "small JPEG (640x480)": images.noisy_jpeg((640, 480)),
     }
@@ -62,7 +64,7 @@ def run(workdir: Path, repeat: int = 15) -> list[Figure]:
         client.create_bucket(Bucket=BUCKET)
         fetcher = S3Fetcher(client, max_bytes=settings.max_image_bytes)
         for label, data in corpus().items():
-            key = label.split()[0] + ".bin"
+            key = label.replace(" ", "_").replace("(", "").replace(")", "") + ".bin"
             client.put_object(Bucket=BUCKET, Key=key, Body=data)
 
             def guardq_path(key: str = key) -> str:
