@@ -7,6 +7,8 @@ Delivery decisions, each deliberate:
   for other GPUs.
 - JSON only, no result backend: events on the stream are the results; nothing piles up in Redis.
 - One visibility timeout for broker and workers (``GUARDQ_VISIBILITY_TIMEOUT_S``), longer than any retry delay.
+- Messages the consumer cannot turn into a task call (undecodable, refused content, unknown task, not a kombu
+  envelope at all) end in a failed ``invalid_job`` event instead of being dropped (``worker.malformed``).
 - Remote control stays on: the server watch pauses/resumes consumption with ``cancel_consumer``/``add_consumer``
   and Flower inspects workers through it (``worker.lifecycle`` starts the watch, metrics and heartbeat; it also
   closes the runtime at shutdown).
@@ -26,7 +28,12 @@ from worker import kombu_compat
 def create_app(settings: Settings) -> Celery:
     kombu_compat.install()
     model = get_model(settings.model)
-    app = Celery("guardq", broker=settings.redis_url, include=["worker.tasks", "worker.lifecycle"], set_as_current=True)
+    app = Celery(
+        "guardq",
+        broker=settings.redis_url,
+        include=["worker.tasks", "worker.lifecycle", "worker.malformed"],
+        set_as_current=True,
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -50,6 +57,7 @@ def create_app(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         worker_send_task_events=False,
         task_send_sent_event=False,
+        worker_consumer="worker.malformed:GuardqConsumer",
     )
     app.conf.guardq_queues = model_queues(model)
     return app
