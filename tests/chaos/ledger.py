@@ -1,5 +1,9 @@
 """Account for every job of a fault-injection run: completed + failed must equal enqueued, no duplicates.
 
+``lost``: no terminal event on the stream; ``stuck``: the job's state hash is not terminal (queued or running);
+``duplicated``: terminal events beyond the first; ``redeliveries``: deliveries beyond the attempts (a message run
+again after a crash or a Redis restart); ``retries``: attempts beyond the first (transient failures).
+
 Results are appended as JSON rows under ``var/reliability/`` so ``python -m tests.chaos.report`` can write the
 tables of docs/reliability.md from what the suite actually measured.
 """
@@ -34,13 +38,21 @@ class Tally:
     duplicated: int = 0
     redeliveries: int = 0
     retries: int = 0
+    stuck: int = 0
+    kills: int = 0
     codes: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     seconds: float = 0.0
 
     @property
     def survived(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def accounted(self) -> bool:
+        """Every job ended in exactly one terminal event and none is left half-way."""
+        return (self.survived, self.lost, self.duplicated, self.stuck) == (self.enqueued, 0, 0, 0)
 
     def row(self) -> dict[str, Any]:
         return asdict(self) | {
@@ -63,9 +75,11 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
     codes: Counter[str] = Counter()
     pipe = client.pipeline()
     for job_id in job_ids:
-        pipe.hmget(job_key(job_id), "deliveries", "attempts")
+        pipe.hmget(job_key(job_id), "deliveries", "attempts", "state")
     states = pipe.execute()
-    for job_id, (deliveries, attempts) in zip(job_ids, states, strict=True):
+    for job_id, (deliveries, attempts, state) in zip(job_ids, states, strict=True):
+        if state not in (b"completed", b"failed"):
+            result.stuck += 1
         event = outcome.get(job_id)
         if event is None:
             result.lost += 1
