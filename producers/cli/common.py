@@ -12,7 +12,7 @@ import typer
 
 from producers.broker import JobQueue
 from schemas.errors import GuardqError
-from schemas.settings import Settings, load_settings
+from schemas.settings import Settings, load_settings, redacted_url
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -40,4 +40,4 @@ def redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        fail(f"Redis at {settings().redis_url} failed: {exc}", code=3)
+        fail(f"Redis at {redacted_url(settings().redis_url)} failed: {exc}", code=3)
