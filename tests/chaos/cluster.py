@@ -86,6 +86,18 @@ class Cluster:
         self.workers[name] = start_worker(self.env, self.workdir / "workers", name=name)
         return self.workers[name]
 
+    def describe(self) -> dict[str, object]:
+        """The settings a reader needs to judge this cluster's figures."""
+        env = self.env
+        return {
+            "workers": len(self.workers),
+            "threads_per_worker": int(env["GUARDQ_WORKER_CONCURRENCY"]),
+            "visibility_timeout_s": self.visibility_timeout_s,
+            "max_retries": int(env["GUARDQ_MAX_RETRIES"]),
+            "sglang_timeout_s": float(env["GUARDQ_SGLANG_TIMEOUT_S"]),
+            "redis_aof": f"appendfsync {self.fsync}" if self.appendonly else "off",
+        }
+
     def worker_rss_mb(self) -> dict[str, float]:
         return {name: rss_mb(service.proc.pid) for name, service in self.workers.items()}
 

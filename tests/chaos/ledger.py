@@ -11,6 +11,8 @@ tables of docs/reliability.md from what the suite actually measured.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,6 +23,7 @@ import redis
 
 from schemas.events import CloudEvent
 from schemas.keys import VERDICT_STREAM, job_key
+from schemas.settings import Settings
 
 RESULTS = Path(__file__).resolve().parents[2] / "var" / "reliability"
 
@@ -98,7 +101,26 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
     return result
 
 
+def worker_settings(settings: Settings) -> dict[str, object]:
+    """What a reader needs to judge figures measured against a worker with these settings."""
+    return {
+        "visibility_timeout_s": settings.visibility_timeout_s,
+        "max_retries": settings.max_retries,
+        "sglang_timeout_s": settings.sglang_timeout_s,
+        "invalid_output_retries": settings.invalid_output_retries,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+    }
+
+
 def record(result: Tally) -> None:
+    """Append the row, with the test that measured it (to reproduce it) and the machine it ran on."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    row = result.row() | {
+        "test": current.rsplit(" (", 1)[0],
+        "machine": platform.node(),
+        "cores": os.cpu_count(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / f"{result.scenario}.jsonl").open("a") as out:
-        out.write(json.dumps(result.row()) + "\n")
+        out.write(json.dumps(row) + "\n")

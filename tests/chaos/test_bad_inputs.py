@@ -31,7 +31,7 @@ from schemas.settings import Settings
 from tests import images
 from tests.chaos import rawqueue
 from tests.chaos.cluster import rss_mb
-from tests.chaos.ledger import record, tally
+from tests.chaos.ledger import record, tally, worker_settings
 from tests.conftest import BUCKET, Runner
 from tests.services.procs import Service
 
@@ -81,7 +81,11 @@ def record_group(
     runner: Runner, worker: Service, group: str, got: dict[str, str], ids: list[str], memory: dict[str, float]
 ) -> None:
     result = tally(runner.queue.redis, ids, scenario="bad_inputs", variant=f"{group} ({len(ids)} cases)")
-    result.extra = {"rss_mb_before": memory["before"], "rss_mb_during": rss_mb(worker.proc.pid)}
+    result.extra = {
+        "rss_mb_before": memory["before"],
+        "rss_mb_during": rss_mb(worker.proc.pid),
+        "settings": worker_settings(runner.queue.settings),
+    }
     result.notes = "; ".join(f"{case} -> {code}" for case, code in got.items())
     record(result)
     assert (len(ids), 0, 0, 0) == (result.survived, result.lost, result.duplicated, result.stuck), got

@@ -26,7 +26,7 @@ from schemas.keys import FLEET_NODES, fleet_node_key
 from schemas.settings import Settings
 from tests import images
 from tests.chaos.cluster import Cluster
-from tests.chaos.ledger import record, tally
+from tests.chaos.ledger import record, tally, worker_settings
 from tests.conftest import Runner
 from tests.services.procs import wait_until
 from tests.sglang_server import SimulatedSGLang
@@ -73,7 +73,7 @@ def test_each_sglang_fault_is_retried_or_failed_with_its_own_code(
     seconds = round(time.monotonic() - started, 2)
     result = tally(runner.queue.redis, [job.job_id], scenario="sglang_faults", variant=case)
     result.seconds = seconds
-    result.extra = {"chat_requests": len(sim.chat_requests()), "attempts": attempts}
+    result.extra = {"chat_requests": len(sim.chat_requests()), "settings": worker_settings(settings)}
     record(result)
     assert code == (event.data.error.code.value if event.data.error else None)
     if event.data.error is not None:
@@ -116,7 +116,7 @@ def test_with_the_server_gone_jobs_wait_and_complete_once_it_is_back(
         notes="2 workers x 8 threads; server stopped after 1/4 of the jobs ended, restarted on the same port",
     )
     result.seconds = round(time.monotonic() - started, 1)
-    result.extra = {"downtime_s": downtime}
+    result.extra = {"downtime_s": downtime, "settings": cluster.describe() | {"server_watch_interval_s": 0.5}}
     record(result)
     assert jobs == ended
     assert result.accounted, result

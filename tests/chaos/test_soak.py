@@ -87,9 +87,7 @@ def test_every_job_of_a_long_run_ends_in_exactly_one_event_and_memory_stays_flat
         variant=f"{jobs} jobs",
         notes=(
             f"2 workers x {THREADS} threads; SGLang latency {LATENCY_S}s + uniform jitter [0, {JITTER_S})s; "
-            f"1 job in {BAD_EVERY} not an image; a 503 every {FAULT_EVERY_S}s; "
-            f"worker RSS MiB before/after: "
-            + ", ".join(f"{name} {rss_before[name]} -> {rss_after[name]}" for name in sorted(rss_before))
+            f"1 job in {BAD_EVERY} not an image; a 503 every {FAULT_EVERY_S}s"
         ),
     )
     seen_ids = event_ids(cluster, set(ids))
@@ -104,6 +102,7 @@ def test_every_job_of_a_long_run_ends_in_exactly_one_event_and_memory_stays_flat
         "rss_mb_before": rss_before,
         "rss_mb_after": rss_after,
         "duplicate_event_ids": repeated,
+        "settings": cluster.describe(),
         **leftovers,
     }
     record(result)

@@ -8,6 +8,7 @@ second run into no second event.
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_sigkilled_workers_lose_no_job_and_duplicate_no_event(
     ids = [j.job_id for j in batch]
     rng = random.Random(jobs)
     kill_at = sorted(rng.sample(range(jobs // 10, jobs // 2), kills))
+    started = time.monotonic()
     after = cluster.send(batch)
     done_kills = 0
     for seen, _ in enumerate(wait_for(cluster.queue.redis, ids, after=after, timeout_s=60 + 30 * kills), 1):
@@ -47,6 +49,9 @@ def test_sigkilled_workers_lose_no_job_and_duplicate_no_event(
         variant=f"{jobs} jobs, {kills} x kill -9",
         notes="2 workers x 8 threads, visibility timeout 8 s",
     )
+    result.kills = done_kills
+    result.seconds = round(time.monotonic() - started, 1)
+    result.extra = {"settings": cluster.describe()}
     record(result)
     assert kills == done_kills
     assert (jobs, 0, 0) == (result.survived, result.lost, result.duplicated)
