@@ -76,7 +76,7 @@ def envelope_problem(message: Any) -> str | None:
     if not isinstance(message, dict):
         return f"the queue entry is a JSON {type(message).__name__}, not a message envelope"
     properties = message.get("properties")
-    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str | int):
         return "the queue entry has no properties.delivery_tag"
     if not isinstance(message.get("headers") or {}, dict) or not isinstance(
         properties.get("delivery_info") or {}, dict

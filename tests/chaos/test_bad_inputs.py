@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,7 +49,7 @@ def outcome(event: CloudEvent) -> str:
 @pytest.fixture
 def guarded(worker: Service, runner: Runner) -> Iterator[dict[str, float]]:
     """The shared worker's RSS before and after the test; afterwards it must be alive and still moderate."""
-    memory = {"before": rss_mb(worker.proc.pid)}
+    memory = {"before": rss_mb(worker.proc.pid), "started": time.monotonic()}
     yield memory
     assert worker.proc.poll() is None, "the worker died"
     memory["after"] = rss_mb(worker.proc.pid)
@@ -81,6 +82,7 @@ def record_group(
     runner: Runner, worker: Service, group: str, got: dict[str, str], ids: list[str], memory: dict[str, float]
 ) -> None:
     result = tally(runner.queue.redis, ids, scenario="bad_inputs", variant=f"{group} ({len(ids)} cases)")
+    result.seconds = round(time.monotonic() - memory["started"], 2)
     result.extra = {
         "rss_mb_before": memory["before"],
         "rss_mb_during": rss_mb(worker.proc.pid),
