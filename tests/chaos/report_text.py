@@ -30,7 +30,8 @@ with random latency (a fixed part plus uniform jitter). The mix is not all sunsh
 named `.jpg` (fails `not_an_image`) and the server answers 503 (queue full) to one request every quarter second,
 so retries and both terminal types are exercised. Accounting reads the whole stream and every job hash: completed +
 failed == enqueued, no event id twice, nothing queued/running/reserved at the end. The workers' resident memory
-(RSS) is read from `/proc` after a warm-up and again at the end.
+(RSS) is read from `/proc` after a warm-up, half way and at the end: growth that has stopped by half way is the
+allocator and connection pools settling; growth that went on through the second half would be a per-job leak.
 """
 
 WORKER_KILL = """\

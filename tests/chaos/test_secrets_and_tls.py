@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,7 +117,9 @@ def test_no_secret_reaches_the_logs_of_the_api_the_worker_or_the_webhook_worker(
         assert [401, 401] == refused
         store.stop(signal.SIGKILL)  # a Redis crash: every process logs its trouble
         assert 503 == httpx.get(f"{api.url}/v1/moderations/{job_id}", headers=auth).status_code
-        time.sleep(1.0)  # let the worker and webhook worker notice and log the outage
+        for service in started[1:4:2]:  # the worker and the webhook worker notice and log the outage
+            lost = f"{service.log.name} logs the lost broker"
+            wait_until(lambda s=service: "Connection to broker lost" in s.log.read_text(), 20, lost)
         port = int(store.url.rsplit(":", 1)[1].split("/")[0])
         started.append(start_secure_redis(tmp_path / "redis", password=password, port=port))
         wait_until(lambda: httpx.get(f"{api.url}/readyz").status_code == 200, 30, "the API ready again")

@@ -122,3 +122,4 @@ def test_every_job_of_a_long_run_ends_in_exactly_one_event_and_memory_stays_flat
     for name, before in rss_before.items():
         # Bounded, not equal: allocator arenas and pools settle; a per-job leak would grow with the job count.
         assert rss_after[name] < before + 64 + jobs * 0.004, (name, before, rss_after[name])
+        assert rss_after[name] - rss_half[name] < 16 + jobs * 0.001, (name, rss_half[name], rss_after[name])
