@@ -255,6 +255,10 @@ class Settings(BaseSettings):
             # Sweep for messages of dead workers every tenth of the timeout (kombu's default is ~100 s).
             "unacked_restore_interval": max(1, min(60, self.visibility_timeout_s // 10)),
             "unacked_restore_throttle": 1,
+            # The restore sweep runs under a Redis lock; a worker killed while holding it (kill -9, OOM) leaves it
+            # until it expires, and kombu's default of 300 s stalls every redelivery that long. A sweep takes
+            # milliseconds: expire the lock after a tenth of the visibility timeout, 5 to 60 s.
+            "unacked_mutex_expire": min(60, max(5, self.visibility_timeout_s // 10)),
             # Consume queues in the order listed (interactive before bulk) instead of round-robin.
             "queue_order_strategy": "priority",
             "socket_timeout": 30,

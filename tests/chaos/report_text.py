@@ -45,6 +45,11 @@ options of producers *and* workers (`Settings.broker_transport_options()`: `visi
 `unacked_restore_interval` = a tenth of it, so dead workers' messages come back promptly), the Celery
 `visibility_timeout` of the worker app, and the retry policy (backoff capped at half of it, so a retry countdown
 never outlives it — Celery #2599/#4400). Production default 3600 s; these runs use 8 s to keep them short.
+
+kombu's restore sweep runs under a Redis lock (`unacked_mutex`) that expires after 300 s by default: a worker killed
+while holding it — a window of milliseconds each second, but `make test` hit it under load (6 of 60 jobs not back
+within 90 s) — stalls every redelivery for five minutes. guardq sets `unacked_mutex_expire` to a tenth of the
+visibility timeout, 5 to 60 s; one row below plants the lock exactly as a killed holder leaves it.
 """
 
 REDIS_RESTART = """\
@@ -159,6 +164,8 @@ FOOTER = """\
   `worker/malformed.py` (the worker's Celery consumer, plus a `task_failure` safety net) publishes a failed
   `invalid_job` event for each, then acknowledges it.
 - A kombu race on Redis restart killed workers ("Unrecoverable error"); guarded in `worker/kombu_compat.py`.
+- A worker killed while holding kombu's restore lock stalled all redeliveries for 300 s (the lock's default expiry);
+  the lock now expires after a tenth of the visibility timeout, 5 to 60 s (`Settings.broker_transport_options`).
 - The API had no read timeouts (slow loris) and buffered JSON bodies of any size; see API security.
 - `rediss://` brokers were not certificate-checked by kombu; now verified by default.
 - The CLI printed the Redis URL, password included, when Redis failed; it now prints it redacted.

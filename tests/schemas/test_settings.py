@@ -47,6 +47,13 @@ def test_producers_and_workers_share_one_visibility_timeout(monkeypatch: pytest.
     assert 900 == load_settings().broker_transport_options()["visibility_timeout"]
 
 
+@pytest.mark.parametrize(("visibility", "expire"), [(8, 5), (300, 30), (3600, 60)])
+def test_a_restore_lock_left_by_a_killed_worker_expires_long_before_kombus_five_minutes(
+    visibility: int, expire: int
+) -> None:
+    assert expire == Settings(visibility_timeout_s=visibility).broker_transport_options()["unacked_mutex_expire"]
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
