@@ -30,8 +30,10 @@ services:  ## Make sure a Redis can be started or reached for the tests
 test: install services  ## Run the whole test suite (starts its own Redis, S3, SGLang test server, workers)
 	$(BIN)/python -m pytest -m "not chaos and not bench" $(PYTEST_ARGS)
 
-test-chaos: install services  ## Long fault-injection suite (worker kills, Redis restarts, soak)
-	$(BIN)/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+test-chaos: install services  ## Fault/load/hostile-input suite, fast and full variants; rewrites docs/reliability.md
+	rm -rf var/reliability
+	$(BIN)/python -m pytest tests/chaos -p no:cacheprovider $(PYTEST_ARGS); status=$$?; \
+		$(BIN)/python -m tests.chaos.report; exit $$status
 
 lint: install  ## ruff + mypy
 	$(BIN)/ruff check .

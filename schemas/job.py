@@ -15,10 +15,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.policy import Policy
 
 SCHEMA_VERSION: Literal[1] = 1
+FORBIDDEN_SCHEME_ERROR = "forbidden_source"  # pydantic error type of an image URI with a scheme guardq never opens
 MAX_METADATA_BYTES = 16_384
 JobId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 
@@ -46,7 +48,10 @@ class ImageRef(BaseModel):
     def _supported_scheme(cls, uri: str) -> str:
         scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
         if scheme not in {"s3", "http", "https", "upload"}:
-            raise ValueError(f"unsupported image source {uri[:80]!r}: use s3://, http(s):// or upload://")
+            message = f"unsupported image source {uri[:80]!r}: use s3://, http(s):// or upload://"
+            if scheme:  # file://, gopher://, ftp://, dict://...: a URL guardq will never open (SSRF)
+                raise PydanticCustomError(FORBIDDEN_SCHEME_ERROR, message)
+            raise ValueError(message)
         rest = uri.split("://", 1)[1]
         bucket, _, key = rest.partition("/")
         if (scheme == "s3" and not (bucket and key)) or (scheme == "upload" and not rest.strip("/")):

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -140,11 +140,22 @@ class Settings(BaseSettings):
     sns_topic_arns: list[str] = Field(default_factory=list)  # accept only these topics (empty: any)
     sns_confirm_hosts: list[str] = Field(default_factory=list)  # hosts besides sns.<region>.amazonaws.com
 
+    # Reliability and security limits of the HTTP API (docs/reliability.md)
+    api_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # any body but an upload's (413 beyond)
+    api_read_timeout_s: float = Field(default=30.0, gt=0)  # longest pause while a request head or body arrives (408)
+    api_body_timeout_s: float = Field(default=600.0, gt=0)  # longest time to receive a whole body (408)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+            # redis-py verifies TLS certificates by default, kombu (Celery's broker) does not: make both verify.
+            # Trust a private CA with ?ssl_ca_certs=/path/ca.pem; opt out explicitly with ?ssl_cert_reqs=none.
+            query = f"{parts.query}&ssl_cert_reqs=required" if parts.query else "ssl_cert_reqs=required"
+            value = urlunsplit(parts._replace(query=query))
         return value
 
     @field_validator("sglang_url", "s3_endpoint_url")
@@ -244,6 +255,10 @@ class Settings(BaseSettings):
             # Sweep for messages of dead workers every tenth of the timeout (kombu's default is ~100 s).
             "unacked_restore_interval": max(1, min(60, self.visibility_timeout_s // 10)),
             "unacked_restore_throttle": 1,
+            # The restore sweep runs under a Redis lock; a worker killed while holding it (kill -9, OOM) leaves it
+            # until it expires, and kombu's default of 300 s stalls every redelivery that long. A sweep takes
+            # milliseconds: expire the lock after a tenth of the visibility timeout, 5 to 60 s.
+            "unacked_mutex_expire": min(60, max(5, self.visibility_timeout_s // 10)),
             # Consume queues in the order listed (interactive before bulk) instead of round-robin.
             "queue_order_strategy": "priority",
             "socket_timeout": 30,
@@ -251,6 +266,16 @@ class Settings(BaseSettings):
             "retry_on_timeout": True,
             "health_check_interval": 25,
         }
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def load_settings(**overrides: object) -> Settings:

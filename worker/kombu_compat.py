@@ -1,29 +1,126 @@
-"""Two adjustments to kombu's Redis transport: a reconnect-race guard and client reuse on the hot path.
+"""Three adjustments to kombu's Redis transport: two guards that keep one bad moment from killing a worker, and
+client reuse on the hot path.
 
-The guard: a kombu Redis-transport race otherwise kills a worker when Redis restarts.
+1. A reconnect race on Redis restart. On a broker connection loss Celery first detaches the transport
+   (``Connection.collect``) and then closes the connection; closing the channel tries to restore unacknowledged
+   messages, which needs a Redis client built from the now-detached transport (``transport.client is None``) and
+   raises AttributeError — not a connection error — so the consumer dies with "Unrecoverable error" (seen with
+   kombu 5.7 / Celery 5.7, reproduced by tests/chaos/test_redis_restart.py). Raising a connection error instead
+   lets kombu skip that restore (the visibility timeout sweep returns those messages) and Celery reconnects.
 
-On a broker connection loss Celery first detaches the transport (``Connection.collect``) and then closes the
-connection; closing the channel tries to restore unacknowledged messages, which needs a Redis client built from
-the now-detached transport (``transport.client is None``) and raises AttributeError — not a connection error — so
-the consumer dies with "Unrecoverable error" (seen with kombu 5.7 / Celery 5.7, reproduced by
-tests/chaos/test_redis_restart.py). Raising a connection error instead lets kombu skip that restore (the visibility
-timeout sweep returns those messages) and Celery reconnects normally.
+2. A poison entry in a queue list. kombu ``BRPOP``s an entry and parses it as its JSON envelope in the event loop;
+   an entry that is not JSON, or JSON of another shape (no ``properties``/``delivery_tag``, an undecodable body),
+   raises there and the worker exits ("Unrecoverable error") — every worker that pops it, and the entry is gone.
+   Here such an entry becomes a well-formed *quarantine* envelope (the original text as its body, a content type
+   no consumer accepts, the original task id when one can be read), so Celery's consumer hands it to its decode
+   error path, where ``worker.malformed`` ends it with a failed ``invalid_job`` event.
+
+3. Client reuse. kombu builds a fresh ``redis.Redis`` for every acknowledgement and reservation (see
+   ``_create_client`` below); reusing one per channel and pool cut a tenth of a worker's CPU per job.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import Base64
+
+QUARANTINE_CONTENT_TYPE = "application/x-guardq-malformed"
+QUARANTINE_HEADER = "guardq-malformed"
 
 _original_connparams = kombu_redis.Channel._connparams
+_original_loads: Any = getattr(kombu_redis, "loads")  # noqa: B009 - kombu does not re-export it
+_original_deliver: Any = kombu_redis.Transport._deliver
 
 
 def _connparams(self: Any, asynchronous: bool = False) -> Any:
     if self.connection.client is None:
         raise redis.exceptions.ConnectionError("broker transport already detached (reconnecting)")
     return _original_connparams(self, asynchronous)  # type: ignore[no-untyped-call]
+
+
+class Undecodable(dict[str, Any]):
+    """What the lenient ``loads`` returns for text that is not JSON: the text itself, for the quarantine."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(_guardq_undecodable=text)
+        self.text = text
+
+
+def _loads(text: Any) -> Any:
+    try:
+        return _original_loads(text)
+    except ValueError:  # JSONDecodeError: a list entry someone pushed by hand, or garbage
+        return Undecodable(text if isinstance(text, str) else repr(text))
+
+
+def _body_problem(message: dict[str, Any], properties: dict[str, Any]) -> str | None:
+    body, encoding = message.get("body"), properties.get("body_encoding")
+    if body is not None and not isinstance(body, str):
+        return "the message body is not a string"
+    if encoding not in (None, "utf-8", "base64"):
+        return f"unknown body encoding {encoding!r}"
+    if body and encoding == "base64":
+        try:
+            Base64().decode(body)  # type: ignore[no-untyped-call]
+        except ValueError:
+            return "the message body is not valid base64"
+    return None
+
+
+def envelope_problem(message: Any) -> str | None:
+    """Why kombu/Celery could not take ``message`` as a message envelope, or None when it can."""
+    if isinstance(message, Undecodable):
+        return "the queue entry is not JSON"
+    if not isinstance(message, dict):
+        return f"the queue entry is a JSON {type(message).__name__}, not a message envelope"
+    properties = message.get("properties")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str | int):
+        return "the queue entry has no properties.delivery_tag"
+    if not isinstance(message.get("headers") or {}, dict) or not isinstance(
+        properties.get("delivery_info") or {}, dict
+    ):
+        return "the message's headers or delivery_info is not an object"
+    return _body_problem(message, properties)
+
+
+def _original_id(message: Any) -> str | None:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 128 and task_id.isprintable() else None
+
+
+def quarantine(message: Any, queue: str, problem: str) -> dict[str, Any]:
+    """A well-formed envelope carrying the malformed entry verbatim, which no task consumer will decode."""
+    raw = message.text if isinstance(message, Undecodable) else json.dumps(message, default=repr)
+    headers: dict[str, Any] = {QUARANTINE_HEADER: problem}
+    task_id = _original_id(message)
+    if task_id is not None:
+        headers["id"] = task_id
+    return {
+        "body": base64.b64encode(raw.encode("utf-8", "replace")).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": QUARANTINE_CONTENT_TYPE,
+        "headers": headers,
+        "properties": {
+            "delivery_tag": str(uuid.uuid4()),
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+        },
+    }
+
+
+def _deliver(self: Any, message: Any, queue: Any) -> Any:
+    problem = envelope_problem(message)
+    if problem is not None:
+        message = quarantine(message, str(queue), problem)
+    return _original_deliver(self, message, queue)
 
 
 _original_create_client = kombu_redis.Channel._create_client
@@ -47,8 +144,12 @@ def _create_client(self: Any, asynchronous: bool = False) -> Any:
 
 
 def install() -> None:
-    """Idempotently install both adjustments (called when the worker's Celery app is created)."""
+    """Idempotently install the three adjustments (called when a worker's Celery app is configured)."""
     if kombu_redis.Channel._connparams is not _connparams:
         kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
     if kombu_redis.Channel._create_client is not _create_client:
         kombu_redis.Channel._create_client = _create_client  # type: ignore[method-assign]
+    if getattr(kombu_redis, "loads") is not _loads:  # noqa: B009
+        setattr(kombu_redis, "loads", _loads)  # noqa: B010
+    if kombu_redis.Transport._deliver is not _deliver:
+        kombu_redis.Transport._deliver = _deliver  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, PermanentError
 from schemas.events import CloudEvent, ImageFacts, ModelInfo, Timings
-from schemas.job import ModerationJob
+from schemas.job import FORBIDDEN_SCHEME_ERROR, ModerationJob
 from schemas.models import ModelSpec, get_model
 from schemas.policy import PolicyInfo
 from schemas.settings import Settings
@@ -51,7 +51,9 @@ def parse_job(message: Any) -> ModerationJob:
         return ModerationJob.model_validate(message)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors()[:5])
-        raise PermanentError(f"invalid job: {problems}", code=ErrorCode.INVALID_JOB) from None
+        forbidden = any(e["type"] == FORBIDDEN_SCHEME_ERROR for e in exc.errors())
+        code = ErrorCode.FORBIDDEN_SOURCE if forbidden else ErrorCode.INVALID_JOB
+        raise PermanentError(f"invalid job: {problems}", code=code) from None
 
 
 class Moderator:

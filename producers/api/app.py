@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from producers.api import health, intake, moderations, policies, uploads, webhooks
 from producers.api.handlers import install_error_handlers
+from producers.api.limits import RequestLimits
 from producers.api.metrics import ApiMetrics, MetricsMiddleware
 from producers.api.metrics import router as metrics_router
 from producers.api.services import Services
@@ -40,6 +41,12 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
     app.state.metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.api_max_body_bytes,
+        read_timeout_s=settings.api_read_timeout_s,
+        body_timeout_s=settings.api_body_timeout_s,
+    )
     app.include_router(health.router)
     app.include_router(moderations.router)
     app.include_router(uploads.router)

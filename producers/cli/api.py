@@ -25,6 +25,7 @@ def api(
     import uvicorn
 
     from producers.api.app import create_app
+    from producers.api.limits import timed_h11
 
     cfg = settings()
     configure_logging(cfg.log_format, cfg.log_level)
@@ -36,4 +37,5 @@ def api(
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
         server_header=False,
+        http=timed_h11(cfg.api_read_timeout_s),  # a request head must arrive within the read timeout
     )

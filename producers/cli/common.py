@@ -16,7 +16,7 @@ from producers.policy_store import PolicyStore
 from producers.webhooks.registry import check_target
 from schemas.errors import GuardqError
 from schemas.policy import BUILTIN_POLICY_NAME
-from schemas.settings import Settings, load_settings
+from schemas.settings import Settings, load_settings, redacted_url
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -44,7 +44,7 @@ def redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        fail(f"Redis at {settings().redis_url} failed: {exc}", code=3)
+        fail(f"Redis at {redacted_url(settings().redis_url)} failed: {exc}", code=3)
 
 
 def parse_meta(pairs: list[str]) -> dict[str, str]:

@@ -16,6 +16,14 @@ from tests.services.procs import Service, free_port, start_redis, start_worker
 from tests.sglang_server import SimulatedSGLang
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 @dataclass
 class Cluster:
     workdir: Path
@@ -60,6 +68,7 @@ class Cluster:
             "GUARDQ_WORKER_CONCURRENCY": "8",
             "GUARDQ_LOG_FORMAT": "json",
             "GUARDQ_LOG_LEVEL": "WARNING",
+            "GUARDQ_METRICS_PORT": "0",
         } | self.env_extra
 
     @property
@@ -76,6 +85,21 @@ class Cluster:
     def start_worker(self, name: str) -> Service:
         self.workers[name] = start_worker(self.env, self.workdir / "workers", name=name)
         return self.workers[name]
+
+    def describe(self) -> dict[str, object]:
+        """The settings a reader needs to judge this cluster's figures."""
+        env = self.env
+        return {
+            "workers": len(self.workers),
+            "threads_per_worker": int(env["GUARDQ_WORKER_CONCURRENCY"]),
+            "visibility_timeout_s": self.visibility_timeout_s,
+            "max_retries": int(env["GUARDQ_MAX_RETRIES"]),
+            "sglang_timeout_s": float(env["GUARDQ_SGLANG_TIMEOUT_S"]),
+            "redis_aof": f"appendfsync {self.fsync}" if self.appendonly else "off",
+        }
+
+    def worker_rss_mb(self) -> dict[str, float]:
+        return {name: rss_mb(service.proc.pid) for name, service in self.workers.items()}
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL the worker's whole process group: no warm shutdown, no acks, no requeue."""

@@ -1,5 +1,9 @@
 """Account for every job of a fault-injection run: completed + failed must equal enqueued, no duplicates.
 
+``lost``: no terminal event on the stream; ``stuck``: the job's state hash is not terminal (queued or running);
+``duplicated``: terminal events beyond the first; ``redeliveries``: deliveries beyond the attempts (a message run
+again after a crash or a Redis restart); ``retries``: attempts beyond the first (transient failures).
+
 Results are appended as JSON rows under ``var/reliability/`` so ``python -m tests.chaos.report`` can write the
 tables of docs/reliability.md from what the suite actually measured.
 """
@@ -7,6 +11,8 @@ tables of docs/reliability.md from what the suite actually measured.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,6 +23,7 @@ import redis
 
 from schemas.events import CloudEvent
 from schemas.keys import VERDICT_STREAM, job_key
+from schemas.settings import Settings
 
 RESULTS = Path(__file__).resolve().parents[2] / "var" / "reliability"
 
@@ -34,13 +41,21 @@ class Tally:
     duplicated: int = 0
     redeliveries: int = 0
     retries: int = 0
+    stuck: int = 0
+    kills: int = 0
     codes: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     seconds: float = 0.0
 
     @property
     def survived(self) -> int:
         return self.completed + self.failed
+
+    @property
+    def accounted(self) -> bool:
+        """Every job ended in exactly one terminal event and none is left half-way."""
+        return (self.survived, self.lost, self.duplicated, self.stuck) == (self.enqueued, 0, 0, 0)
 
     def row(self) -> dict[str, Any]:
         return asdict(self) | {
@@ -63,9 +78,11 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
     codes: Counter[str] = Counter()
     pipe = client.pipeline()
     for job_id in job_ids:
-        pipe.hmget(job_key(job_id), "deliveries", "attempts")
+        pipe.hmget(job_key(job_id), "deliveries", "attempts", "state")
     states = pipe.execute()
-    for job_id, (deliveries, attempts) in zip(job_ids, states, strict=True):
+    for job_id, (deliveries, attempts, state) in zip(job_ids, states, strict=True):
+        if state not in (b"completed", b"failed"):
+            result.stuck += 1
         event = outcome.get(job_id)
         if event is None:
             result.lost += 1
@@ -84,7 +101,26 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
     return result
 
 
+def worker_settings(settings: Settings) -> dict[str, object]:
+    """What a reader needs to judge figures measured against a worker with these settings."""
+    return {
+        "visibility_timeout_s": settings.visibility_timeout_s,
+        "max_retries": settings.max_retries,
+        "sglang_timeout_s": settings.sglang_timeout_s,
+        "invalid_output_retries": settings.invalid_output_retries,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+    }
+
+
 def record(result: Tally) -> None:
+    """Append the row, with the test that measured it (to reproduce it) and the machine it ran on."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    row = result.row() | {
+        "test": current.rsplit(" (", 1)[0],
+        "machine": platform.node(),
+        "cores": os.cpu_count(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     with (RESULTS / f"{result.scenario}.jsonl").open("a") as out:
-        out.write(json.dumps(result.row()) + "\n")
+        out.write(json.dumps(row) + "\n")

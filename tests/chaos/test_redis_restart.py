@@ -6,6 +6,7 @@ with ``everysec`` up to a second of writes (queued jobs, events, acknowledgement
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def test_a_redis_crash_and_restart_loses_nothing_acknowledged(
     cluster = cluster_factory(tmp_path, visibility_timeout_s=10, appendonly=True, fsync=fsync)
     cluster.start(workers=2, latency_s=0.05, jitter_s=0.2)
     first, second = cluster.jobs(jobs // 2, seed=1), cluster.jobs(jobs - jobs // 2, seed=2)
+    started = time.monotonic()
     after = cluster.send(first)
     # Crash Redis once a quarter of the first half has finished, while the rest is queued or in flight.
     for seen, _ in enumerate(wait_for(cluster.queue.redis, [j.job_id for j in first], after=after, timeout_s=60), 1):
@@ -41,7 +43,7 @@ def test_a_redis_crash_and_restart_loses_nothing_acknowledged(
     cluster.start_redis()
     cluster.send(second)  # the producer reconnects by itself
     ids = [j.job_id for j in first + second]
-    list(wait_for(cluster.queue.redis, ids, after="0-0", timeout_s=120))
+    list(wait_for(cluster.queue.redis, ids, after="0-0", timeout_s=60))  # a job lost with everysec never ends
     result = tally(
         cluster.queue.redis,
         ids,
@@ -49,6 +51,9 @@ def test_a_redis_crash_and_restart_loses_nothing_acknowledged(
         variant=f"appendfsync {fsync}, {jobs} jobs",
         notes="SIGKILL + restart from AOF after 1/8 of the jobs finished",
     )
+    result.seconds = round(time.monotonic() - started, 1)
+    result.kills = 1  # one SIGKILL of redis-server, restarted from its append-only file
+    result.extra = {"settings": cluster.describe()}
     record(result)
     assert 0 == result.duplicated
     if fsync == "always":

@@ -13,11 +13,13 @@ Its model_info says ``"guardq_simulated": true`` so every event produced through
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -79,6 +81,7 @@ class SimulatedSGLang:
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.stopping = threading.Event()
+        self.connections: set[socket.socket] = set()  # open client connections, closed by stop()
         self.running = 0
         self.peak_running = 0
         self._slots: threading.BoundedSemaphore | None = None
@@ -98,9 +101,15 @@ class SimulatedSGLang:
         return self
 
     def stop(self) -> None:
+        """Stop like a dead process: no listener and every open (keep-alive or in-flight) connection closed."""
         self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            open_connections = list(self.connections)
+        for conn in open_connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     # --- steering -------------------------------------------------------------------------------------------
     def configure(self, **changes: Any) -> None:
@@ -153,6 +162,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def setup(self) -> None:
+        super().setup()
+        with self.sim.lock:
+            self.sim.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.sim.lock:
+            self.sim.connections.discard(self.connection)
+        with contextlib.suppress(OSError):  # the server was stopped under this connection
+            super().finish()
 
     # --- plumbing -------------------------------------------------------------------------------------------
     def _send(

@@ -51,6 +51,10 @@ class S3Fetcher:
 
     def fetch(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
         where = f"s3://{bucket}/{key}"
+        if any(segment in {".", ".."} for segment in key.split("/")):
+            # Legal in S3, but a store or proxy that normalises paths would serve another object — with path-style
+            # addressing even one in another bucket (s3://allowed/../other/key), past the API's bucket allowlist.
+            raise PermanentError(f"{where[:200]} has a '.' or '..' path segment", code=ErrorCode.INVALID_SOURCE)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id:
             params["VersionId"] = version_id
