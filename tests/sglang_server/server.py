@@ -12,13 +12,9 @@ Its model_info says ``"guardq_simulated": true`` so every event produced through
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import json
-import math
 import random
-import re
 import socket
 import threading
 import time
@@ -29,6 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from PIL import Image, ImageStat
+
+from tests.sglang_server.protocol import check_request, logprobs, summary
+from tests.sglang_server.protocol import tokens as tokenize
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
 
@@ -150,11 +149,6 @@ class SimulatedSGLang:
         return (*SAFE, 0.02)
 
 
-def _tokens(text: str) -> list[str]:
-    """A crude tokenizer: words, spaces and punctuation pieces, enough for token counts and logprobs."""
-    return re.findall(r"\w+|\s+|[^\w\s]", text)
-
-
 class _Handler(BaseHTTPRequestHandler):
     sim: SimulatedSGLang
     protocol_version = "HTTP/1.1"
@@ -262,8 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "Invalid JSON body")
             return
-        problem, image, text = _check_request(body)
-        self._record({"body": _summary(body), "rid": body.get("rid"), "policy_text": text, "problem": problem})
+        problem, image, text = check_request(body)
+        self._record({"body": summary(body), "rid": body.get("rid"), "policy_text": text, "problem": problem})
         if problem:
             self._error(400, problem)
             return
@@ -310,16 +304,16 @@ class _Handler(BaseHTTPRequestHandler):
             content, finish = content[: len(content) // 2], "length"
         elif kind == "bad_category":
             content = json.dumps({"rating": "Safe", "category": "O42: Made Up", "rationale": "x"}, indent=4)
-        tokens = _tokens(content)
+        tokens = tokenize(content)
         self._serve_time(len(tokens))
         choice: dict[str, Any] = {
             "index": 0,
             "message": {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": None},
-            "logprobs": _logprobs(tokens, p_unsafe) if body.get("logprobs") else None,
+            "logprobs": logprobs(tokens, p_unsafe) if body.get("logprobs") else None,
             "finish_reason": finish,
             "matched_stop": None if finish == "length" else 2,
         }
-        prompt_tokens = 576 + len(_tokens(body["messages"][0]["content"][1]["text"]))
+        prompt_tokens = 576 + len(tokenize(body["messages"][0]["content"][1]["text"]))
         self._send(
             200,
             {
@@ -356,73 +350,3 @@ class _Handler(BaseHTTPRequestHandler):
                 sim.running -= 1
             if slots is not None:
                 slots.release()
-
-
-def _check_request(body: Any) -> tuple[str | None, Image.Image | None, str | None]:
-    """Validate like SGLang's ChatCompletionRequest; return (problem, image, policy text)."""
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-        return "messages is required", None, None
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if fmt.get("type") == "json_schema" and not (fmt.get("json_schema") or {}).get("schema"):
-            return "schema_ is required for json_schema response format request.", None, None
-    else:
-        return "this test server expects response_format json_schema (guardq always sends it)", None, None
-    for key in ("temperature", "top_p"):
-        if key in body and not isinstance(body[key], int | float):
-            return f"{key} must be a number", None, None
-    content = body["messages"][0].get("content")
-    if not isinstance(content, list):
-        return "content must be a list of parts for a vision request", None, None
-    image = text = None
-    for part in content:
-        if part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
-            if not url.startswith("data:"):
-                return "test server accepts only data: URIs (a worker must never forward user URLs)", None, None
-            try:
-                image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1], validate=True)))
-                image.load()
-            except Exception:
-                return "Could not decode image", None, None
-        elif part.get("type") == "text":
-            text = part.get("text")
-    if image is None:
-        return "no image part", None, text
-    return None, image, text
-
-
-def _summary(body: Any) -> dict[str, Any]:
-    """The request minus the base64 image (kept small for the log)."""
-    if not isinstance(body, dict):
-        return {}
-    out = {k: v for k, v in body.items() if k != "messages"}
-    try:
-        parts = body["messages"][0]["content"]
-        out["part_types"] = [p.get("type") for p in parts]
-        out["image_prefix"] = parts[0].get("image_url", {}).get("url", "")[:30]
-        out["image_b64_len"] = len(parts[0].get("image_url", {}).get("url", ""))
-        out["roles"] = [m.get("role") for m in body["messages"]]
-    except (KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return out
-
-
-def _logprobs(tokens: list[str], p_unsafe: float) -> dict[str, Any]:
-    """Chat-style logprobs; the token after ``"rating": "`` carries Unsafe/Safe candidates."""
-    content = []
-    text = ""
-    for token in tokens:
-        entry: dict[str, Any] = {"token": token, "logprob": -0.01, "bytes": list(token.encode())}
-        if re.search(r'"rating"\s*:\s*"$', text):
-            candidates = [
-                {"token": "Unsafe", "logprob": math.log(max(p_unsafe, 1e-9))},
-                {"token": "Safe", "logprob": math.log(max(1 - p_unsafe, 1e-9))},
-            ]
-            entry["logprob"] = next(c["logprob"] for c in candidates if c["token"] == token)
-            entry["top_logprobs"] = candidates
-        else:
-            entry["top_logprobs"] = [{"token": token, "logprob": -0.01}]
-        content.append(entry)
-        text += token
-    return {"content": content}
