@@ -16,6 +16,9 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+import httpcore
+from httpcore._backends.base import SOCKET_OPTION
+
 from schemas.errors import ErrorCode, PermanentError, TransientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,3 +86,32 @@ def check_url(url: str, policy: AddressPolicy, *, allow_http: bool) -> None:
         raise PermanentError(exc.message, code=policy.code) from None
     for ip in addresses:
         policy.check(parts.hostname, ip)
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore network backend that resolves, checks every address, then connects to a checked address.
+
+    TLS still verifies the certificate against the URL's host name: httpcore passes the origin host as SNI.
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = resolve(host, port)
+        for ip in addresses:
+            self._policy.check(host, ip)
+        last: Exception | None = None
+        for ip in addresses:
+            try:
+                return super().connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"no address for {host}")

@@ -12,46 +12,20 @@ an operator to open. ``GUARDQ_SNS_TOPIC_ARNS`` restricts which topics are accept
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import httpcore
 import structlog
-from httpcore._backends.base import SOCKET_OPTION
 
 from producers.api.errors import ApiError
 from schemas.errors import GuardqError
-from schemas.netpolicy import AddressPolicy, resolve
+from schemas.netpolicy import AddressPolicy, GuardedBackend
 from schemas.settings import Settings
 
 log = structlog.get_logger("guardq.api")
 
 _SNS_HOST = re.compile(r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$")
 MESSAGE_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"})
-
-
-class _CheckedBackend(httpcore.SyncBackend):
-    """Resolve the host, refuse it if any address is not allowed (``schemas/netpolicy.py``, the rules image URLs
-    and webhook targets follow), then connect to a checked address."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self._policy = policy
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        try:
-            addresses = resolve(host, port)
-            for ip in addresses:
-                self._policy.check(host, ip)
-        except GuardqError as exc:
-            raise httpcore.ConnectError(exc.message) from None
-        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
 
 
 class SnsConfirmer:
@@ -61,7 +35,7 @@ class SnsConfirmer:
         self._extra_hosts = frozenset(settings.sns_confirm_hosts)
         self._timeout = timeout_s
         policy = AddressPolicy(settings.url_allowed_networks)
-        self._pool = httpcore.ConnectionPool(network_backend=_CheckedBackend(policy), max_connections=4, retries=0)
+        self._pool = httpcore.ConnectionPool(network_backend=GuardedBackend(policy), max_connections=4, retries=0)
 
     def check_topic(self, topic_arn: str) -> None:
         if self.topics and topic_arn not in self.topics:
@@ -82,6 +56,8 @@ class SnsConfirmer:
         timeouts = {"connect": self._timeout, "read": self._timeout, "write": self._timeout, "pool": self._timeout}
         try:
             response = self._pool.request("GET", url, extensions={"timeout": timeouts})
+        except GuardqError as exc:  # the address check refused the host (non-public address, no DNS answer)
+            raise ApiError(502, "confirmation_failed", f"could not reach the SubscribeURL: {exc.message}") from None
         except httpcore.ConnectError as exc:
             raise ApiError(502, "confirmation_failed", f"could not reach the SubscribeURL: {exc}") from None
         except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
