@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -11,7 +12,7 @@ from celery import Celery
 from redis.client import Pipeline
 
 from schemas.job import ModerationJob
-from schemas.keys import TASK_MODERATE, job_key, queue_name
+from schemas.keys import OPEN_JOBS, TASK_MODERATE, job_key, queue_name
 from schemas.models import get_model
 from schemas.settings import Settings
 
@@ -48,13 +49,16 @@ class JobQueue:
         queue: str | None = None,
         also: Callable[[Pipeline[bytes]], object] | None = None,
     ) -> str:
-        """Record the job as queued, then enqueue it; the task id is the job id.
+        """Record the job as queued (with its message, in the open-jobs index), then enqueue it; the task id is the
+        job id.
 
         ``queue`` overrides the model's queue (a backfill routed to dedicated ``guardq worker --queues`` workers);
         ``also`` adds the caller's own writes to the same round trip as the job record (a backfill's checkpoint).
         """
         target = queue or self.queue_for(job)
         key = job_key(job.job_id)
+        message = job.to_message()
+        now = time.time()
         pipe = self.redis.pipeline()
         if also is not None:
             also(pipe)
@@ -66,15 +70,17 @@ class JobQueue:
                 "image": str(job.image),
                 "created_at": job.created_at.isoformat(),
                 "queue": target,
-                "enqueued_at": time.time(),
+                "enqueued_at": now,
+                "message": json.dumps(message),  # what a reconciler re-sends if the broker loses the message
                 **({"backfill_id": job.backfill_id} if job.backfill_id else {}),
             },
         )
         pipe.expire(key, self.settings.job_ttl_s)
+        pipe.zadd(OPEN_JOBS, {job.job_id: now})
         pipe.execute()
         self.celery.send_task(
             TASK_MODERATE,
-            args=[job.to_message()],
+            args=[message],
             queue=target,
             task_id=job.job_id,
             # A short repr instead of Celery's saferepr of the whole job: half the client CPU per message, and

@@ -21,6 +21,11 @@ def model_queues(model: ModelSpec) -> list[str]:
     return [queue_name(model, Priority.INTERACTIVE), queue_name(model, Priority.BULK)]
 
 
+OPEN_JOBS = f"{KEY_PREFIX}:jobs:open"  # sorted set: job id -> enqueue time, removed when its terminal event is out
+RECONCILE_RUN_ID = f"{KEY_PREFIX}:reconcile:redis-run-id"  # the Redis run_id the last reconciliation saw
+RECONCILE_LOCK = f"{KEY_PREFIX}:reconcile:lock"
+
+
 def job_key(job_id: str) -> str:
     """Hash holding a job's state (queued/running/completed/failed), attempts and terminal event."""
     return f"{KEY_PREFIX}:job:{job_id}"

@@ -1,4 +1,4 @@
-"""What a worker process runs beside Celery's consumer: the metrics endpoint, the server watch, the heartbeat.
+"""What a worker process runs beside Celery's consumer: metrics endpoint, server watch, heartbeat, reconciler.
 
 Started on ``worker_ready`` (the consumer is up and knows its node name and queues), told to wind down on
 ``worker_shutting_down`` (no Redis I/O in a signal handler: it only flips flags), stopped on ``worker_shutdown``.
@@ -16,8 +16,10 @@ import structlog
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from prometheus_client import REGISTRY
 
+from schemas.keys import TASK_MODERATE
 from worker import metrics
 from worker.heartbeat import Heartbeat
+from worker.reconcile import ReconcileLoop, Reconciler
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
 
@@ -32,6 +34,7 @@ class Services:
     metrics_url: str
     watch: ServerWatch | None = None
     heartbeat: Heartbeat | None = None
+    reconcile: ReconcileLoop | None = None
     draining: bool = False
 
 
@@ -109,6 +112,14 @@ def _start(sender: Any, **_: object) -> None:
     if services.watch is not None:
         services.watch.start()
     services.heartbeat = Heartbeat(rt.redis, node, _snapshot, interval_s=settings.heartbeat_interval_s).start()
+    if settings.reconcile_interval_s > 0:
+        app = sender.app
+
+        def resend(message: dict[str, Any], queue: str, job_id: str) -> None:
+            app.send_task(TASK_MODERATE, args=[message], queue=queue, task_id=job_id)
+
+        reconciler = Reconciler(rt.redis, resend, node=node)
+        services.reconcile = ReconcileLoop(reconciler, interval_s=settings.reconcile_interval_s).start()
     log.info("worker_services_started", node=node, queues=queues, metrics=services.metrics_url or None)
 
 
@@ -130,4 +141,6 @@ def _stop(**_: object) -> None:
             services.watch.stop()
         if services.heartbeat is not None:
             services.heartbeat.stop()
+        if services.reconcile is not None:
+            services.reconcile.stop()
     close_runtime()

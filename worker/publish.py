@@ -1,7 +1,8 @@
 """Publish a job's one terminal event to the Redis Stream, guarded so a redelivered job never adds a second.
 
-A Lua script makes "check the guard, XADD, set the guard, record the job state" one atomic step: whichever
-delivery of a job gets there first publishes, every later one sees the guard and publishes nothing.
+A Lua script makes "check the guard, XADD, set the guard, record the job state, leave the open-jobs index" one
+atomic step: whichever delivery of a job gets there first publishes, every later one sees the guard and publishes
+nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 import redis
 
 from schemas.events import STREAM_FIELD, CloudEvent
-from schemas.keys import VERDICT_STREAM, job_key, terminal_guard_key
+from schemas.keys import OPEN_JOBS, VERDICT_STREAM, job_key, terminal_guard_key
 
 _PUBLISH = """
+redis.call('ZREM', KEYS[4], ARGV[8])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[3], 'duplicate_deliveries', 1)
   return false
@@ -69,7 +71,7 @@ class Publisher:
         """
         job_id = event.data.job_id
         state = "completed" if event.completed else "failed"
-        keys = [terminal_guard_key(job_id), self._stream, job_key(job_id)]
+        keys = [terminal_guard_key(job_id), self._stream, job_key(job_id), OPEN_JOBS]
         args: list[Any] = [
             event.to_json(),
             self._maxlen,
@@ -78,6 +80,7 @@ class Publisher:
             STREAM_FIELD,
             time.time(),
             callback_url or "",
+            job_id,
         ]
         sid = self._publish(keys=keys, args=args)
         return sid.decode() if isinstance(sid, bytes) else sid

@@ -61,6 +61,7 @@ class Cluster:
             "GUARDQ_SGLANG_URL": self.sim.url,
             "GUARDQ_UPLOAD_STORE": f"file://{self.workdir / 'uploads'}",
             "GUARDQ_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
+            "GUARDQ_RECONCILE_INTERVAL_S": "2",
             "GUARDQ_MAX_RETRIES": "4",
             "GUARDQ_RETRY_BACKOFF_BASE_S": "0.05",
             "GUARDQ_RETRY_BACKOFF_MAX_S": "0.5",

@@ -58,3 +58,35 @@ def test_a_redis_crash_and_restart_loses_nothing_acknowledged(
     assert 0 == result.duplicated
     if fsync == "always":
         assert 0 == result.lost
+
+
+@pytest.mark.timeout(120)
+def test_a_job_the_broker_lost_in_a_crash_is_resent_after_redis_restarts(
+    cluster_factory: type[Cluster], tmp_path: Path
+) -> None:
+    """The crash window kombu leaves open: a message popped (BRPOP persisted) but never recorded as unacknowledged.
+
+    Given a job whose message vanished from Redis while its job record stayed, when Redis restarts (a new run_id),
+    then a worker's reconciler sends the job again under its id and it ends in exactly one event.
+    """
+    cluster = cluster_factory(tmp_path, visibility_timeout_s=10, appendonly=True, fsync="always")
+    cluster.start(workers=0, latency_s=0.01)
+    [lost] = cluster.jobs(1, seed=7)
+    after = cluster.send([lost])
+    assert cluster.queue.redis.rpop("guardq.llavaguard-7b") is not None  # the message is gone, the record is not
+    cluster.kill_redis()
+    cluster.start_redis()
+    cluster.start_worker("w0")
+    [event] = list(wait_for(cluster.queue.redis, [lost.job_id], after=after, timeout_s=60))
+    assert event.completed
+    result = tally(
+        cluster.queue.redis,
+        [lost.job_id],
+        scenario="redis_restart",
+        variant="message lost in the BRPOP window, record kept",
+        notes="reconciler re-sent it",
+    )
+    result.kills = 1
+    record(result)
+    assert (1, 0, 0) == (result.survived, result.lost, result.duplicated)
+    assert b"1" == cluster.queue.redis.hget(f"guardq:job:{lost.job_id}", "reconciled")

@@ -19,7 +19,8 @@ from schemas.policy import Policy
 from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.sglang_server import SimulatedSGLang
-from tests.sglang_server.server import SAFE, Rule, _tokens
+from tests.sglang_server.protocol import tokens
+from tests.sglang_server.server import SAFE, Rule
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ LLAVAGUARD_LENGTH = (  # 65 words, a typical LlavaGuard rationale
 
 def completion_tokens(rationale: str | None) -> int:
     verdict = {"rating": "Safe", "category": SAFE[1]} | ({"rationale": rationale} if rationale else {})
-    return len(_tokens(json.dumps(verdict, indent=4)))
+    return len(tokens(json.dumps(verdict, indent=4)))
 
 
 def timed_batch(runner: Runner, uri: str, *, verdict_only: bool) -> float:
