@@ -24,6 +24,7 @@ end
 local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
 redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
 redis.call('HSET', KEYS[3], 'state', ARGV[4], 'event', ARGV[1], 'stream_id', sid, 'updated_at', ARGV[6])
+redis.call('HDEL', KEYS[3], 'message')  -- kept only while the job is open (worker/reconcile.py)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'callback_url', ARGV[7]) end
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return sid
