@@ -22,7 +22,7 @@ def model_queues(model: ModelSpec) -> list[str]:
 
 
 OPEN_JOBS = f"{KEY_PREFIX}:jobs:open"  # sorted set: job id -> enqueue time, removed when its terminal event is out
-RECONCILE_RUN_ID = f"{KEY_PREFIX}:reconcile:redis-run-id"  # the Redis run_id the last reconciliation saw
+RECONCILE_SUSPECTS = f"{KEY_PREFIX}:reconcile:suspects"  # hash: job id -> when a sweep first missed its message
 RECONCILE_LOCK = f"{KEY_PREFIX}:reconcile:lock"
 
 

@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9400, ge=0, le=65535)  # Prometheus endpoint; 0 = off; fleet worker i: +i
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers so Prometheus can scrape
     heartbeat_interval_s: float = Field(default=5.0, gt=0)  # fleet registry refresh (guardq fleet status)
-    # How often a worker checks whether Redis restarted (then re-sends jobs the broker lost; worker/reconcile.py).
-    reconcile_interval_s: float = Field(default=10.0, ge=0)  # 0 turns the reconciler off
+    # How often one worker sweeps for jobs the broker lost and re-sends them (worker/reconcile.py); 0 turns it off.
+    reconcile_interval_s: float = Field(default=15.0, ge=0)
+    reconcile_max_scan: int = Field(default=200_000, ge=1000)  # skip the sweep when the queues hold more entries
 
     # Producers: S3 backfill (guardq backfill)
     backfill_max_pending: int = Field(default=5000, ge=1)  # default of --max-pending: bulk jobs waiting at most

@@ -118,7 +118,13 @@ def _start(sender: Any, **_: object) -> None:
         def resend(message: dict[str, Any], queue: str, job_id: str) -> None:
             app.send_task(TASK_MODERATE, args=[message], queue=queue, task_id=job_id)
 
-        reconciler = Reconciler(rt.redis, resend, node=node)
+        reconciler = Reconciler(
+            rt.redis,
+            resend,
+            node=node,
+            grace_s=settings.reconcile_interval_s,
+            max_scan=settings.reconcile_max_scan,
+        )
         services.reconcile = ReconcileLoop(reconciler, interval_s=settings.reconcile_interval_s).start()
     log.info("worker_services_started", node=node, queues=queues, metrics=services.metrics_url or None)
 

@@ -70,10 +70,11 @@ fsync settings measured:
 
 Even with `always`, kombu's Redis transport leaves one window: it takes a message with `BRPOP` and only then records
 it as unacknowledged, so a crash between the two loses a message nobody finished (seen: 1 job in ~240 with `always`
-in `make test`). Producers keep each job's message in its job hash and its id in `guardq:jobs:open` until the
-terminal event; after Redis restarts (a new `run_id`) one worker's reconciler (`worker/reconcile.py`) re-sends every
-open job that is neither finished nor in a queue list or `unacked` — the publish guard makes a second run harmless.
-The row "message lost in the BRPOP window" plants exactly that loss and checks the job still ends in one event.
+in `make test`; a worker killed in that moment loses the message the same way). Producers keep each job's message in
+its job hash and its id in `guardq:jobs:open` until the terminal event; every `GUARDQ_RECONCILE_INTERVAL_S` one
+worker's reconciler (`worker/reconcile.py`) re-sends an open job that two sweeps an interval apart found neither
+finished nor in a queue list or `unacked` — the publish guard makes a second run harmless. The row "message lost in
+the BRPOP window" plants exactly that loss and checks the job still ends in one event.
 
 Choose `always` where no job may be lost on a Redis crash; measure the throughput cost on your storage first.
 Replication (a replica promoted on failure) has the same at-most-the-last-writes caveat unless `WAIT` is used.

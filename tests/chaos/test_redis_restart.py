@@ -66,8 +66,8 @@ def test_a_job_the_broker_lost_in_a_crash_is_resent_after_redis_restarts(
 ) -> None:
     """The crash window kombu leaves open: a message popped (BRPOP persisted) but never recorded as unacknowledged.
 
-    Given a job whose message vanished from Redis while its job record stayed, when Redis restarts (a new run_id),
-    then a worker's reconciler sends the job again under its id and it ends in exactly one event.
+    Given a job whose message vanished from Redis while its job record stayed, when Redis restarts and a worker
+    starts, then the worker's reconciler sends the job again under its id and it ends in exactly one event.
     """
     cluster = cluster_factory(tmp_path, visibility_timeout_s=10, appendonly=True, fsync="always")
     cluster.start(workers=0, latency_s=0.01)
