@@ -10,7 +10,8 @@ Every ``GUARDQ_RECONCILE_INTERVAL_S`` one worker (a Redis lock) sweeps the index
 it; a job whose id is in a queue list or in ``unacked`` is on its way; any other job becomes a *suspect*, and a
 suspect still missing at a later sweep at least one interval on is sent again under the same id (the publish guard
 makes a second run harmless). Two sightings keep a message that is between ``BRPOP`` and its bookkeeping for a
-moment from being taken for lost. Queues longer than ``GUARDQ_RECONCILE_MAX_SCAN`` entries in total are not scanned.
+moment from being taken for lost. A sweep is skipped while the queues or the index hold more than
+``GUARDQ_RECONCILE_MAX_SCAN`` entries.
 """
 
 from __future__ import annotations
@@ -98,13 +99,19 @@ class Reconciler:
             self._redis.delete(self._lock)
 
     def _sweep(self, now: float) -> int:
-        ids = [raw.decode() for raw in self._redis.zrange(OPEN_JOBS, 0, self._batch - 1)]
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(job_key(job_id), ["message", "queue"])
-            pipe.exists(terminal_guard_key(job_id))
-        replies = pipe.execute()
-        records = {job_id: (replies[2 * i], replies[2 * i + 1]) for i, job_id in enumerate(ids)}
+        total = int(self._redis.zcard(OPEN_JOBS))
+        if total > self._max_scan:
+            log.info("reconcile_skipped_many_open_jobs", open=total, limit=self._max_scan)
+            return 0
+        records: dict[str, tuple[list[bytes | None], int]] = {}
+        for start in range(0, total, self._batch):
+            ids = [raw.decode() for raw in self._redis.zrange(OPEN_JOBS, start, start + self._batch - 1)]
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(job_key(job_id), ["message", "queue"])
+                pipe.exists(terminal_guard_key(job_id))
+            replies = pipe.execute()
+            records |= {job_id: (replies[2 * i], replies[2 * i + 1]) for i, job_id in enumerate(ids)}
         on_the_way = self.present({queue.decode() for (_, queue), _ in records.values() if queue})
         if on_the_way is None:
             return 0
