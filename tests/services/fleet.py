@@ -27,7 +27,7 @@ from schemas.keys import FLEET_NODES, VERDICT_STREAM, fleet_node_key, job_key, m
 from schemas.models import get_model
 from tests import images
 from tests.conftest import BUCKET
-from tests.services.procs import ROOT, free_port, wait_until
+from tests.services.procs import ROOT, free_ports, wait_until
 
 TEST_SERVER_CMD = f"{sys.executable} -m tests.sglang_server"
 
@@ -59,7 +59,18 @@ class Fleet:
 
     def wait_serving(self, timeout_s: float = 30) -> None:
         for name in self.nodes:
-            wait_until(lambda n=name: self.serving(n), timeout_s, f"fleet node {name}", self.proc)
+            try:
+                wait_until(lambda n=name: self.serving(n), timeout_s, f"fleet node {name}", self.proc)
+            except (TimeoutError, RuntimeError) as exc:
+                raise type(exc)(f"{exc}\n{self.diagnosis()}") from None
+
+    def diagnosis(self) -> str:
+        """Each node's registry entry and the tail of every log: what a failed start-up needs to be understood."""
+        parts = [f"{name}: {self.node(name)}" for name in self.nodes]
+        for path in sorted(self.log_dir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-15:]
+            parts.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
@@ -87,8 +98,9 @@ def start_fleet(
     extra_env: dict[str, str] | None = None,
 ) -> Fleet:
     """Launch the fleet and return once every node's server is ready and its worker consumes."""
-    base_port = free_port()
-    metrics_port = free_port()
+    slots = len(gpus.split(","))
+    base_port = free_ports(slots)
+    metrics_port = free_ports(slots)
     log_dir = workdir / f"fleet-{base_port}"
     full_env = {
         **os.environ,

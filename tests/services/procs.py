@@ -26,6 +26,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive ports free right now (for launchers that use ``base + i``)."""
+    for _ in range(attempts):
+        held: list[socket.socket] = []
+        try:
+            first = socket.socket()
+            held.append(first)
+            first.bind(("127.0.0.1", 0))
+            base = int(first.getsockname()[1])
+            for offset in range(1, count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports after {attempts} tries")
+
+
 def wait_until(
     check: Callable[[], bool], timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

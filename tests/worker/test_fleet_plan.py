@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -227,4 +228,18 @@ def test_bad_worker_arguments_exit_non_zero_with_one_line(args: list[str], messa
     result = run_cli("worker", *args)
     assert 2 == result.returncode
     assert message in result.stderr
+    assert 1 == len(result.stderr.strip().splitlines())
+
+
+def test_a_server_port_already_taken_stops_the_launch_with_one_line_naming_it() -> None:
+    """Before launching anything the launcher checks each server's port: a clash is one clear error, not a
+    server crash-looping on 'address in use' (or another process answering its health probes)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        result = run_cli("worker", "--gpus", "0,1", "--base-port", str(taken - 1), "--server-cmd", "false")
+    assert 2 == result.returncode
+    assert "port(s) " in result.stderr and f"{taken} (gpu1@" in result.stderr
+    assert "--base-port" in result.stderr
     assert 1 == len(result.stderr.strip().splitlines())

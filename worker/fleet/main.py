@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -11,7 +14,7 @@ from schemas.errors import ConfigError
 from schemas.models import get_model
 from schemas.settings import Settings
 from worker.fleet.gpus import select_gpus
-from worker.fleet.launcher import build_plan
+from worker.fleet.launcher import FleetPlan, build_plan
 
 log = structlog.get_logger("guardq.fleet")
 
@@ -38,7 +41,41 @@ def run_fleet(
     if dry_run:
         print(plan.render(), end="")
         return 0
+    busy = busy_server_ports(plan, settings.sglang_host)
+    if busy:
+        fail(
+            f"port(s) {', '.join(busy)} already in use on {settings.sglang_host}: another process (an SGLang "
+            "server left running?) holds them; stop it or choose --base-port"
+        )
+        return 2
     from worker.fleet.supervisor import Supervisor
 
     log.info("fleet_starting", model=model.name, slots=[s.node for s in plan.slots], queues=plan.queues)
     return Supervisor(plan, settings, model, log_dir=Path(log_dir) if log_dir else None).run()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not listen on ``host:port`` because something else already does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT leftovers are fine
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def busy_server_ports(plan: FleetPlan, host: str) -> list[str]:
+    """``port (node)`` for each server the plan launches whose port is taken: checked once, before launching,
+    so a port clash is one clear error instead of a server that crash-loops (or a stranger answering its probes)."""
+    busy = []
+    for slot in plan.slots:
+        if slot.server is None:
+            continue
+        port = urlsplit(slot.url).port
+        if port is not None and port_in_use(host, port):
+            busy.append(f"{port} ({slot.node})")
+    return busy
