@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 
 import redis
 from celery import Celery
 from redis.client import Pipeline
 
+from producers.taskmessage import redis_entry
 from schemas.job import ModerationJob
-from schemas.keys import OPEN_JOBS, TASK_MODERATE, job_key, queue_name
+from schemas.keys import OPEN_JOBS, job_key, queue_name
 from schemas.models import get_model
 from schemas.settings import Settings
 
@@ -49,65 +50,56 @@ class JobQueue:
         queue: str | None = None,
         also: Callable[[Pipeline[bytes]], object] | None = None,
     ) -> str:
-        """Record the job as queued (with its message, in the open-jobs index), then enqueue it; the task id is the
-        job id.
+        """Record the job as queued (with its message, in the open-jobs index) and enqueue it, atomically; the task
+        id is the job id. See :meth:`send_many`."""
+        return self.send_many([job], queue=queue, also=also)[0]
 
-        ``queue`` overrides the model's queue (a backfill routed to dedicated ``guardq worker --queues`` workers);
-        ``also`` adds the caller's own writes to the same round trip as the job record (a backfill's checkpoint).
+    def send_many(
+        self,
+        jobs: Sequence[ModerationJob],
+        *,
+        queue: str | None = None,
+        also: Callable[[Pipeline[bytes]], object] | None = None,
+    ) -> list[str]:
+        """Send jobs in one Redis transaction (MULTI/EXEC): each job's record, its entry in the open-jobs index and
+        its Celery message, plus the caller's own writes: all of them land or none do.
+
+        ``queue`` overrides each job's model queue (a backfill routed to dedicated ``guardq worker --queues``
+        workers); ``also`` adds writes that must go with these jobs (a backfill's checkpoint). One round trip for
+        the batch instead of two per job (a record, then Celery's ``LPUSH``): a backfill enqueues ~10x faster, and
+        no job can be recorded but not sent (or sent but not recorded) if the producer dies in between.
         """
-        target = queue or self.queue_for(job)
-        key = job_key(job.job_id)
-        message = job.to_message()
         now = time.time()
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=True)
         if also is not None:
             also(pipe)
-        pipe.hsetnx(key, "state", "queued")
-        pipe.hset(
-            key,
-            mapping={
-                "tenant": job.tenant,
-                "image": str(job.image),
-                "created_at": job.created_at.isoformat(),
-                "queue": target,
-                "enqueued_at": now,
-                "message": json.dumps(message),  # what a reconciler re-sends if the broker loses the message
-                **({"backfill_id": job.backfill_id} if job.backfill_id else {}),
-            },
-        )
-        pipe.expire(key, self.settings.job_ttl_s)
-        pipe.zadd(OPEN_JOBS, {job.job_id: now})
+        for job in jobs:
+            target = queue or self.queue_for(job)
+            key = job_key(job.job_id)
+            message = job.to_message()
+            pipe.hsetnx(key, "state", "queued")
+            pipe.hset(
+                key,
+                mapping={
+                    "tenant": job.tenant,
+                    "image": str(job.image),
+                    "created_at": job.created_at.isoformat(),
+                    "queue": target,
+                    "enqueued_at": now,
+                    "message": json.dumps(message),  # what a reconciler re-sends if the broker loses the message
+                    **({"backfill_id": job.backfill_id} if job.backfill_id else {}),
+                },
+            )
+            pipe.expire(key, self.settings.job_ttl_s)
+            pipe.zadd(OPEN_JOBS, {job.job_id: now})
+            # A short argsrepr instead of Celery's saferepr of the whole job: less CPU per message, and no second
+            # copy of the job in every message's headers.
+            entry = redis_entry(
+                self.celery, task_id=job.job_id, args=[message], queue=target, argsrepr=f"[{job.image}]"
+            )
+            pipe.lpush(target, entry)
         pipe.execute()
-        self.celery.send_task(
-            TASK_MODERATE,
-            args=[message],
-            queue=target,
-            task_id=job.job_id,
-            # A short repr instead of Celery's saferepr of the whole job: half the client CPU per message, and
-            # no second copy of the job in every message's headers.
-            argsrepr=f"[{job.image}]",
-            kwargsrepr="{}",
-        )
-        return job.job_id
-
-    def was_sent(self, job_id: str, queue: str, *, unacked_key: str = "unacked") -> bool:
-        """Whether a job whose send may have been cut short (a crash) reached the broker.
-
-        The job hash is written before the message, so no hash means never sent; a state past ``queued`` means a
-        worker has it; otherwise look for the task id in the waiting list and in kombu's ``unacked`` hash
-        (reserved by a worker, not started). Used once per resumed backfill, for its one in-doubt job.
-        """
-        state = self.redis.hget(job_key(job_id), "state")
-        if state is None:
-            return False
-        if state != b"queued":
-            return True
-        needle = f'"{job_id}"'.encode()
-        length = int(self.redis.llen(queue))
-        for start in range(0, length, 1000):
-            if any(needle in message for message in self.redis.lrange(queue, start, start + 999)):
-                return True
-        return any(needle in value for value in self.redis.hvals(unacked_key))
+        return [job.job_id for job in jobs]
 
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (Redis list length; reserved/unacked ones are not counted)."""

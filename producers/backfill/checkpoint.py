@@ -143,13 +143,22 @@ class BackfillStore:
         )
 
     def save_cursor(self, record: BackfillRecord, pipe: Pipeline[bytes]) -> None:
-        """Where to resume and how many were sent, written in the same round trip as the next job's record."""
-        pipe.hset(backfill_key(record.backfill_id), mapping=record.progress.cursor_fields())
-
-    def save(self, record: BackfillRecord) -> None:
-        """After each page and at the end: the whole checkpoint."""
+        """Where to resume and how many were sent: only ever written in the transaction of the jobs it covers."""
         record.progress.updated_at = time.time()
-        self._redis.hset(backfill_key(record.backfill_id), mapping=record.progress.all_fields())
+        mapping = {**record.progress.cursor_fields(), "updated_at": record.progress.updated_at}
+        pipe.hset(backfill_key(record.backfill_id), mapping=mapping)
+
+    def save_state(self, record: BackfillRecord) -> None:
+        """At the end of a run: its state, error and times (never the cursor, which the job batches own)."""
+        progress = record.progress
+        progress.updated_at = time.time()
+        mapping: dict[str | bytes, str | float] = {
+            "state": progress.state,
+            "error": progress.error,
+            "finished_at": progress.finished_at,
+            "updated_at": progress.updated_at,
+        }
+        self._redis.hset(backfill_key(record.backfill_id), mapping=mapping)
 
     def recent(self, count: int = 20) -> list[str]:
         return [b.decode() for b in self._redis.zrevrange(BACKFILL_INDEX, 0, count - 1)]

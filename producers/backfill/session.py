@@ -60,7 +60,7 @@ def _close(
         record.progress.finished_at = time.time()
     try:
         if store is not None:
-            store.save(record)
+            store.save_state(record)
         if lease is not None:
             lease.release()
     except Exception as exc:  # Redis gone: the per-job checkpoints already written still hold

@@ -52,6 +52,10 @@ class Backpressure:
         """The queue depth now, at most: the last measurement plus what was sent since."""
         return self.last_depth + self._sent_since
 
+    def has_headroom(self) -> bool:
+        """Whether :meth:`acquire` would return without measuring the queue again (or waiting)."""
+        return self._headroom > 0
+
     def acquire(self) -> None:
         """Return when one more job may be sent; raise :class:`Stopped` if a stop was requested meanwhile."""
         wait = self._min_wait

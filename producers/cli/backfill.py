@@ -195,6 +195,7 @@ def _run(
             if record.options.results:  # before the run's first job, on every run: the sink must know its events
                 register_results(job_queue().redis, record.backfill_id, record.options.results)
             record.progress.state, record.progress.error = "running", ""
+            store.save_state(record)
     except GuardqError as exc:
         fail(str(exc))
     outcome = _run_with_signals(

@@ -24,8 +24,8 @@ from producers.backfill.sources import ObjectEntry
 from producers.backfill.status import backfill_status
 from producers.broker import JobQueue
 from producers.events import wait_for
-from schemas.job import Priority
-from schemas.keys import queue_name
+from schemas.job import ImageRef, ModerationJob, Priority
+from schemas.keys import OPEN_JOBS, job_key, queue_name
 from schemas.models import DEFAULT_MODEL, get_model
 from schemas.settings import Settings
 from tests import images
@@ -167,29 +167,67 @@ def test_a_stopped_backfill_checkpoints_and_its_resume_enqueues_only_the_rest(
     assert 2000 == store.load(record.backfill_id).progress.enqueued
 
 
-@pytest.mark.parametrize("message_reached_redis", [True, False], ids=["sent-then-crash", "crash-before-send"])
-def test_the_one_job_in_doubt_after_a_crash_is_sent_on_resume_only_if_it_never_reached_the_queue(
-    bulk_prefix: Prefix, job_queue: JobQueue, s3_client: Any, private_queue: str, message_reached_redis: bool
+class FailingQueue(JobQueue):
+    """A queue whose ``fail_at``-th batch never reaches Redis (the connection dies before the transaction runs)."""
+
+    def __init__(self, settings: Settings, fail_at: int) -> None:
+        super().__init__(settings)
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def send_many(self, jobs: Any, **kw: Any) -> list[str]:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise redis_lib.ConnectionError("connection lost before EXEC (test)")
+        return super().send_many(jobs, **kw)
+
+
+def test_a_batch_that_never_reached_redis_is_not_checkpointed_and_the_resume_sends_it_once(
+    bulk_prefix: Prefix, job_queue: JobQueue, s3_client: Any, private_queue: str
 ) -> None:
-    """A crash can fall between a job's send and its checkpoint write; the resume asks the broker about that job."""
+    """Jobs, messages and the cursor that covers them go in one transaction: when a batch is lost, the final
+    checkpoint stays at the last batch that landed, and the resumed run sends everything else exactly once."""
     store = BackfillStore(job_queue.redis)
     record = store.create(options_for(bulk_prefix, private_queue))
-    run_backfill(record, job_queue, s3_client, page_size=100, stop_after=300)
-    stopped = store.load(record.backfill_id)
-    sent = stopped.progress.enqueued
-    # Leave what a crash leaves: the last job's checkpoint was never written ...
-    stopped.progress.enqueued, stopped.progress.listed = sent - 1, sent - 1
-    stopped.progress.last_key = bulk_prefix.keys[sent - 2]
-    store.save(stopped)
-    if not message_reached_redis:  # ... and, in the second case, its message never reached Redis either.
-        job_queue.redis.lpop(private_queue)
+    failing = FailingQueue(job_queue.settings, fail_at=4)
+    with pytest.raises(redis_lib.ConnectionError):  # not a guardq error: recorded, then raised to the CLI
+        run_backfill(record, failing, s3_client, page_size=300)
+    failing.close()
+    landed = len(queued_jobs(job_queue.redis, private_queue))
+    saved = store.load(record.backfill_id)
 
-    _, runner = run_backfill(stopped, job_queue, s3_client, page_size=100)
+    assert "failed" == saved.progress.state
+    assert "connection lost" in saved.progress.error
+    assert 0 < landed < 2000
+    assert landed == saved.progress.enqueued == saved.progress.listed
+    assert bulk_prefix.keys[landed - 1] == saved.progress.last_key
 
+    state, runner = run_backfill(saved, job_queue, s3_client, page_size=300)
     jobs = queued_jobs(job_queue.redis, private_queue)
-    assert len(bulk_prefix.keys) == len(jobs)
-    assert sorted(bulk_prefix.keys) == sorted(keys_of(jobs))
-    assert 2000 - sent + (0 if message_reached_redis else 1) == runner.stats.enqueued_this_run
+    assert "finished" == state
+    assert list(bulk_prefix.keys) == keys_of(jobs)
+    assert 2000 - landed == runner.stats.enqueued_this_run
+
+
+def test_one_batch_is_one_transaction_holding_the_jobs_records_messages_and_cursor(
+    job_queue: JobQueue, redis_client: redis_lib.Redis, private_queue: str
+) -> None:
+    """send_many either lands every record, open-jobs entry and message, or none: a transaction that fails at
+    EXEC (here: a command the server rejects while queuing) leaves nothing behind."""
+    jobs = [ModerationJob(image=ImageRef.parse(f"s3://{BUCKET}/tx/{i}.jpg")) for i in range(5)]
+
+    def broken(pipe: Any) -> None:
+        pipe.execute_command("NO-SUCH-COMMAND")
+
+    with pytest.raises(redis_lib.ResponseError):
+        job_queue.send_many(jobs, queue=private_queue, also=broken)
+    assert 0 == redis_client.llen(private_queue)
+    assert not any(redis_client.exists(job_key(j.job_id)) for j in jobs)
+    assert all(redis_client.zscore(OPEN_JOBS, j.job_id) is None for j in jobs)
+
+    job_queue.send_many(jobs, queue=private_queue)
+    assert [j.job_id for j in jobs] == [m["job_id"] for m in queued_jobs(redis_client, private_queue)]
+    assert all(redis_client.zscore(OPEN_JOBS, j.job_id) is not None for j in jobs)
 
 
 def test_a_backfill_killed_with_sigkill_resumes_from_its_checkpoint_without_duplicates(
