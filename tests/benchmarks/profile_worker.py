@@ -33,7 +33,9 @@ def summarise(raw: Path, top: int = 40) -> None:
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not count.isdigit():  # py-spy's raw output can end a sample's stack with an empty frame
+            continue
         total += int(count)
         for frame in set(stack.split(";")):
             inclusive[frame] += int(count)
