@@ -91,6 +91,17 @@ def run_backfill(
     return execute(runner, store, lease).state, runner
 
 
+def resume_sends_the_rest(
+    record: BackfillRecord, job_queue: JobQueue, s3_client: Any, prefix: Prefix, queue: str, *, already: int
+) -> None:
+    """Resuming ``record`` finishes the backfill: every key queued once, in order, sending only what was not sent."""
+    state, runner = run_backfill(record, job_queue, s3_client, page_size=300)
+    assert "finished" == state
+    assert list(prefix.keys) == keys_of(queued_jobs(job_queue.redis, queue))
+    assert len(prefix.keys) - already == runner.stats.enqueued_this_run
+    assert len(prefix.keys) == BackfillStore(job_queue.redis).load(record.backfill_id).progress.enqueued
+
+
 def keys_of(jobs: list[dict[str, Any]], bucket: str = BUCKET) -> list[str]:
     return [job["image"]["uri"][len(f"s3://{bucket}/") :] for job in jobs]
 
@@ -159,12 +170,7 @@ def test_a_stopped_backfill_checkpoints_and_its_resume_enqueues_only_the_rest(
     assert first == stopped.progress.enqueued
     assert bulk_prefix.keys[first - 1] == stopped.progress.last_key
 
-    state, runner = run_backfill(stopped, job_queue, s3_client, page_size=250)
-    jobs = queued_jobs(job_queue.redis, private_queue)
-    assert "finished" == state
-    assert list(bulk_prefix.keys) == keys_of(jobs)
-    assert 2000 - first == runner.stats.enqueued_this_run
-    assert 2000 == store.load(record.backfill_id).progress.enqueued
+    resume_sends_the_rest(stopped, job_queue, s3_client, bulk_prefix, private_queue, already=first)
 
 
 class FailingQueue(JobQueue):
@@ -202,11 +208,7 @@ def test_a_batch_that_never_reached_redis_is_not_checkpointed_and_the_resume_sen
     assert landed == saved.progress.enqueued == saved.progress.listed
     assert bulk_prefix.keys[landed - 1] == saved.progress.last_key
 
-    state, runner = run_backfill(saved, job_queue, s3_client, page_size=300)
-    jobs = queued_jobs(job_queue.redis, private_queue)
-    assert "finished" == state
-    assert list(bulk_prefix.keys) == keys_of(jobs)
-    assert 2000 - landed == runner.stats.enqueued_this_run
+    resume_sends_the_rest(saved, job_queue, s3_client, bulk_prefix, private_queue, already=landed)
 
 
 def test_one_batch_is_one_transaction_holding_the_jobs_records_messages_and_cursor(
