@@ -11,6 +11,7 @@ own request log), throughput and ``guardq fleet status``, and drains the fleet w
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shlex
 import shutil
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import httpx
 import redis
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = ROOT / "var" / "fleet-demo"
-SAMPLES = ROOT / "infra" / "dev" / "samples"
 sys.path.insert(0, str(ROOT))
 
 from producers.broker import JobQueue  # noqa: E402
@@ -111,8 +112,8 @@ def main() -> int:
 
         settings = load_settings()
         store, queue = UploadStore(settings), JobQueue(settings)
-        refs = [store.put(p.read_bytes()) for p in sorted(SAMPLES.iterdir()) if p.is_file()]
-        jobs = [ModerationJob(image=refs[i % len(refs)], model=args.model) for i in range(args.jobs)]
+        # One distinct image per job: identical bytes would be answered by the verdict cache, not a server.
+        jobs = [ModerationJob(image=store.put(_distinct_image(i)), model=args.model) for i in range(args.jobs)]
         start, started = last_id(queue.redis), time.perf_counter()
         for job in jobs:
             queue.send(job)
@@ -121,18 +122,21 @@ def main() -> int:
         ids = {j.job_id for j in jobs}
         print(f"\n{len(events)}/{args.jobs} jobs ended in {elapsed:.2f}s = {len(events) / elapsed:.1f} jobs/s")
         print(f"completed: {sum(e.completed for e in events)}, failed: {sum(not e.completed for e in events)}")
-        total = 0
+        total, seen = 0, set()
         for index, gpu in enumerate(gpus):
             url = f"http://127.0.0.1:{base_port + index}"
             log = httpx.get(f"{url}/_control/requests", timeout=5).json()
             mine = [r for r in log["requests"] if r["path"] == "/v1/chat/completions"]
             served = {str(r["rid"]).split(".")[0] for r in mine} & ids
             total += len(served)
+            overlap, seen = seen & served, seen | served
             print(
                 f"server gpu{gpu} ({url}, CUDA_VISIBLE_DEVICES={gpu}): {len(mine)} chat requests, peak running "
                 f"{log['peak_running']}"
             )
-        print(f"requests across servers: {total} for {args.jobs} jobs (each job reached exactly one server)")
+        exactly_once = total == len(seen) == args.jobs and not overlap
+        verdict = "each job reached exactly one server" if exactly_once else "NOT one server per job"
+        print(f"jobs served across servers: {total} for {args.jobs} jobs ({verdict})")
         time.sleep(1.5)  # one more heartbeat so the status shows final counts
         print()
         subprocess.run([str(Path(sys.executable).parent / "guardq"), "fleet", "status"], env=env, check=False)
@@ -143,6 +147,13 @@ def main() -> int:
             fleet.wait(60)
         redis_proc.terminate()
         redis_proc.wait(10)
+
+
+def _distinct_image(index: int) -> bytes:
+    """A small lossless image whose bytes differ for every ``index`` (JPEG quantization would merge near colours)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (index % 256, (index // 256) % 256, 97)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _ping(client: redis.Redis) -> bool:
