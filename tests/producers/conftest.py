@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,32 @@ def private_queue(redis_client: redis_lib.Redis) -> Iterator[str]:
     name = f"guardq.test.{uuid.uuid4().hex[:8]}"
     yield name
     redis_client.delete(name)
+
+
+class DepthPeak:
+    """The highest ``LLEN`` seen so far by :func:`sampled_peak_depth`."""
+
+    value = 0
+
+
+@contextmanager
+def sampled_peak_depth(redis_url: str, queue: str, every_s: float = 0.002) -> Iterator[DepthPeak]:
+    """Sample the queue's depth every ``every_s`` seconds in a thread while the block runs; yields the peak."""
+    peak, done = DepthPeak(), threading.Event()
+
+    def sample() -> None:
+        with redis_lib.Redis.from_url(redis_url) as probe:
+            while not done.is_set():
+                peak.value = max(peak.value, int(probe.llen(queue)))
+                done.wait(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join(5)
 
 
 def queued_jobs(client: redis_lib.Redis, queue: str) -> list[dict[str, Any]]:

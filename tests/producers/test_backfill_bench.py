@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as redis_lib
 
 from producers.backfill.checkpoint import BackfillProgress, BackfillRecord, BackfillStore
 from producers.backfill.runner import BackfillRunner
@@ -26,7 +25,7 @@ from schemas.models import get_model
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
-from tests.producers.conftest import Prefix, upload
+from tests.producers.conftest import Prefix, sampled_peak_depth, upload
 from tests.producers.test_backfill_integration import Recorder, options_for, run_backfill
 from tests.services.procs import ROOT
 
@@ -89,26 +88,13 @@ def test_backfill_enqueue_rate_and_peak_queue_depth_under_backpressure(
     upload(s3_client, [f"{prefix}{i:05d}.jpg" for i in range(DRAIN_KEYS)], body=images.solid())
     queue = queue_name(get_model(settings.model), Priority.BULK)
     record = BackfillStore(job_queue.redis).create(options_for(Prefix(BUCKET, prefix, ()), queue))
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        with redis_lib.Redis.from_url(settings.redis_url) as probe:
-            while not done.is_set():
-                peak[0] = max(peak[0], int(probe.llen(queue)))
-                done.wait(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with sampled_peak_depth(settings.redis_url, queue) as peak:
         state, bf = run_backfill(record, job_queue, s3_client, page_size=1000, max_pending=CAP)
-    finally:
-        done.set()
-        sampler.join(5)
     assert "finished" == state
-    assert peak[0] <= CAP
+    assert peak.value <= CAP
     results["backpressure_keys"] = DRAIN_KEYS
     results["backpressure_max_pending"] = CAP
-    results["backpressure_peak_depth_sampled"] = peak[0]
+    results["backpressure_peak_depth_sampled"] = peak.value
     results["backpressure_peak_depth_producer_bound"] = bf.stats.peak_depth
     results["backpressure_waits"] = bf.stats.waits
     results["backpressure_rate_keys_per_s (worker-bound)"] = round(bf.stats.rate, 1)

@@ -30,7 +30,7 @@ from schemas.models import DEFAULT_MODEL, get_model
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
-from tests.producers.conftest import Prefix, queued_jobs, upload
+from tests.producers.conftest import Prefix, queued_jobs, sampled_peak_depth, upload
 from tests.services.procs import ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -301,25 +301,12 @@ def test_backpressure_keeps_the_queue_at_or_under_the_cap_while_a_real_worker_dr
     upload(s3_client, keys, body=images.solid())
     queue = queue_name(get_model(settings.model), Priority.BULK)
     record = BackfillStore(job_queue.redis).create(options_for(Prefix(BUCKET, prefix, ()), queue))
-    peak, done = [0], threading.Event()
-
-    def sample() -> None:
-        with redis_lib.Redis.from_url(settings.redis_url) as probe:
-            while not done.is_set():
-                peak[0] = max(peak[0], int(probe.llen(queue)))
-                done.wait(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     start_id = job_queue.redis.xrevrange("guardq:verdicts", count=1)
-    try:
+    with sampled_peak_depth(settings.redis_url, queue) as peak:
         state, bf = run_backfill(record, job_queue, s3_client, page_size=100, max_pending=40)
-    finally:
-        done.set()
-        sampler.join(5)
 
     assert "finished" == state
-    assert peak[0] <= 40, f"queue depth reached {peak[0]}"
+    assert peak.value <= 40, f"queue depth reached {peak.value}"
     assert bf.stats.peak_depth <= 40
     assert bf.stats.waits > 0  # the cap was reached and the producer waited for the worker
     ids = [backfill_job_id(record.backfill_id, ObjectEntry(BUCKET, k)) for k in keys]
