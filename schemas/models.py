@@ -35,11 +35,20 @@ class ModelSpec(BaseModel):
         """``python -m sglang.launch_server`` arguments for this checkpoint (chat template always explicit)."""
         return ["python", "-m", "sglang.launch_server", *self.sglang_server_args(port=port, host=host)]
 
-    def sglang_server_args(self, *, port: int, host: str = "127.0.0.1", tp: int | None = None) -> list[str]:
-        """The model's server flags alone (``--model-path`` ... ``--tp``); ``tp`` overrides the registry's."""
-        args = ["--model-path", self.name]
-        if self.tokenizer_path:
-            args += ["--tokenizer-path", self.tokenizer_path]
+    def sglang_server_args(
+        self,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        tp: int | None = None,
+        model_path: str | None = None,
+        tokenizer_path: str | None = None,
+    ) -> list[str]:
+        """The model's server flags alone (``--model-path`` ... ``--tp``); ``tp`` overrides the registry's and the
+        paths replace the hub ids (pre-staged weights)."""
+        args = ["--model-path", model_path or self.name]
+        if tokenizer_path or self.tokenizer_path:
+            args += ["--tokenizer-path", tokenizer_path or self.tokenizer_path or ""]
         args += ["--chat-template", self.chat_template, "--host", host, "--port", str(port)]
         tp = tp or self.tp
         if tp > 1:

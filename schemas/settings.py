@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError, GuardqError
 from schemas.models import DEFAULT_MODEL, get_model
-from schemas.verdict import RATIONALE_MAX_CHARS
+from schemas.verdict import RATIONALE_MAX_CHARS, rationale_budget
 
 ENV_PREFIX = "GUARDQ_"
 
@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     top_k: int = 50
     max_new_tokens: int = Field(default=500, ge=16)
     scores: bool = True  # request logprobs of the rating token and report P(Unsafe)
+    # Candidates asked for per generated token. The score is exact when every candidate the grammar allows at the
+    # rating token comes back (a masked one among them proves it); 20 is the OpenAI API's ceiling.
+    score_top_logprobs: int = Field(default=20, ge=2, le=20)
+    # What the server's logprobs are: "auto" asks the server once (two one-token probes at different
+    # temperatures), "tempered" = log(softmax(logits/T)) (SGLang's default), "original" = untempered
+    # (SGLANG_RETURN_ORIGINAL_LOGPROB=1, which `guardq worker --gpus` sets on the servers it launches).
+    sglang_logprobs: Literal["auto", "tempered", "original"] = "auto"
+    # The rationale's maxLength; default: what fits the token budget (schemas.verdict.rationale_budget).
+    rationale_max_chars: int | None = Field(default=None, ge=1, le=RATIONALE_MAX_CHARS)
 
     # Worker
     worker_concurrency: int = Field(default=32, ge=1, le=1024)
@@ -100,10 +109,13 @@ class Settings(BaseSettings):
     local_batch_wait_ms: float = Field(default=20.0, ge=0.0, le=1000.0)  # dynamic batching window
     local_max_batch_size: int = Field(default=8, ge=1, le=256)
     local_timeout_s: float = Field(default=600.0, gt=0)  # one infer() call, queueing included
-    local_rationale_max_chars: int = Field(default=RATIONALE_MAX_CHARS, ge=1, le=RATIONALE_MAX_CHARS)
 
     # GPU fleet (`guardq worker --gpus`): one SGLang server per GPU (group), each with a supervised worker
     sglang_launch_cmd: str | None = None  # shell words; default "<this python> -m sglang.launch_server"
+    # Local weights instead of the model's hub id (air-gapped GPU nodes, pre-staged checkpoints); GUARDQ_MODEL still
+    # names the checkpoint guardq prompts (prompt version, chat template, image size).
+    sglang_model_path: str | None = None
+    sglang_tokenizer_path: str | None = None
     sglang_host: str = "127.0.0.1"  # where launched servers listen (workers reach them on the same host)
     sglang_base_port: int = Field(default=30000, ge=1, le=65000)  # server i listens on base + i
     sglang_tp: int | None = Field(default=None, ge=1, le=16)  # GPUs per server; default: the model's tp
@@ -228,6 +240,10 @@ class Settings(BaseSettings):
         if base is not None and value < base:
             raise ValueError("must be >= GUARDQ_SGLANG_RESTART_BACKOFF_S")
         return value
+
+    def rationale_chars(self) -> int:
+        """The rationale's ``maxLength``: ``GUARDQ_RATIONALE_MAX_CHARS``, else what fits ``max_new_tokens``."""
+        return self.rationale_max_chars or rationale_budget(self.max_new_tokens)
 
     def sglang_launch_words(self) -> list[str]:
         """The server command before its flags: ``GUARDQ_SGLANG_LAUNCH_CMD`` or this Python's sglang module."""

@@ -73,6 +73,12 @@ def run(
     server_args: Annotated[
         str | None, typer.Option(help="Further launch_server flags (GUARDQ_SGLANG_EXTRA_ARGS).")
     ] = None,
+    model_path: Annotated[
+        str | None, typer.Option(help="Fleet: local weights for --model-path (GUARDQ_SGLANG_MODEL_PATH).")
+    ] = None,
+    tokenizer_path: Annotated[
+        str | None, typer.Option(help="Fleet: local tokenizer for --tokenizer-path (GUARDQ_SGLANG_TOKENIZER_PATH).")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(min=0, help="Metrics port (fleet: worker i gets port+i).")] = None,
     log_dir: Annotated[str | None, typer.Option(help="Fleet: write each child's output to DIR/<name>.log.")] = None,
     node_host: Annotated[str | None, typer.Option(help="Fleet: host part of node names (default: hostname).")] = None,
@@ -94,6 +100,8 @@ def run(
     _export("SGLANG_MAX_RUNNING_REQUESTS", max_running_requests)
     _export("SGLANG_MAX_QUEUED_REQUESTS", max_queued_requests)
     _export("SGLANG_EXTRA_ARGS", server_args)
+    _export("SGLANG_MODEL_PATH", model_path)
+    _export("SGLANG_TOKENIZER_PATH", tokenizer_path)
     _export("METRICS_PORT", metrics_port)
     from schemas.errors import ConfigError
     from schemas.logs import configure_logging

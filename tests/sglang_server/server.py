@@ -1,13 +1,17 @@
-"""An SGLang-protocol test server: real HTTP, SGLang's request checks and response shapes, scripted behaviour.
+"""An SGLang-protocol test server: real HTTP, SGLang 0.5.17's request checks and response shapes, scripted verdicts.
 
-It speaks the endpoints guardq uses (``/v1/chat/completions``, ``/health``, ``/health_generate``, ``/ready``,
-``/model_info`` and the deprecated ``/get_model_info``, ``/v1/models``, ``/server_info``, ``/metrics``) and checks
-requests the way SGLang 0.5 does (JSON content type, a ``json_schema`` response format needs a schema, images must
-decode). Tests steer it in-process (:class:`SimulatedSGLang`) or over HTTP (``/_control/*``) for a server running
-in another process: queue faults (status codes, invalid JSON, truncated output, hangs, dropped connections),
-set latency (fixed, or token-proportional behind a concurrency cap like continuous batching) and verdict rules.
+It speaks the endpoints guardq uses as a real 0.5.17 server does (``/v1/chat/completions``; ``/health`` and
+``/health_generate``, 503 while starting; no ``/ready``, which 0.5.17 lacks; ``/model_info`` and the deprecated
+``/get_model_info``; ``/server_info``, ``/get_server_info``, ``/v1/loads``, ``/v1/models``, ``/metrics``) and
+behaves like one where guardq depends on it (``tests/sglang_server/protocol.py`` lists what was measured):
+tempered logprobs with masked candidates, sub-word rating pieces, raw control characters, ``maxLength`` and
+``max_tokens`` truncation, 400 for a ``rid`` already in flight, and a running-request cap with a waiting queue
+reported in ``/metrics`` (``num_running_reqs``, ``num_queue_reqs``, ``token_usage``) and ``/v1/loads``.
 
-Its model_info says ``"guardq_simulated": true`` so every event produced through it is marked simulated.
+Tests steer it in-process (:class:`SimulatedSGLang`) or over HTTP (``/_control/*``) for a server running in
+another process: queue faults (status codes, invalid JSON, truncated output, hangs, dropped connections), set
+latency (fixed, or prefill + per-token behind the running cap) and verdict rules. Product defaults never point at
+it; its model_info says ``"guardq_simulated": true`` so every event produced through it is marked simulated.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,8 +29,9 @@ from typing import Any
 
 from PIL import Image, ImageStat
 
-from tests.sglang_server.protocol import check_request, logprobs, summary
-from tests.sglang_server.protocol import tokens as tokenize
+from tests.sglang_server import observability
+from tests.sglang_server.completion import Decision, Style, build, prompt_tokens
+from tests.sglang_server.protocol import check_request, summary
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
 
@@ -65,6 +69,12 @@ class Behaviour:
     ready: bool = True
     model_path: str = DEFAULT_MODEL_PATH
     hang_s: float = 3600.0
+    original_logprob: bool = False  # the server process ran with SGLANG_RETURN_ORIGINAL_LOGPROB=1
+    layout: str = "compact"  # "compact" as xgrammar wrote it on the real server, "indent4" as LlavaGuard trained
+    rationale_chars: int | None = None  # a rambling (random-weight) model: rationales this long, cut by maxLength
+    control_chars: bool = False  # raw control characters in rambling rationales, as xgrammar let through
+    health_s: float = 0.0  # a real /health waits at least 1 s for the scheduler; tests keep it instant by default
+    max_total_tokens: int = 215_000  # the KV pool (what token_usage is a fraction of); ~ the H200's at 0.85
 
 
 class _Server(ThreadingHTTPServer):
@@ -82,7 +92,11 @@ class SimulatedSGLang:
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()  # open client connections, closed by stop()
         self.running = 0
+        self.waiting = 0
         self.peak_running = 0
+        self.peak_waiting = 0
+        self.tokens_in_use = 0
+        self.in_flight_rids: set[str] = set()
         self._slots: threading.BoundedSemaphore | None = None
         handler = type("Handler", (_Handler,), {"sim": self})
         self.httpd = _Server((host, port), handler)
@@ -132,10 +146,25 @@ class SimulatedSGLang:
             self._slots = None
             self.requests.clear()
             self.peak_running = 0
+            self.peak_waiting = 0
 
     def chat_requests(self) -> list[dict[str, Any]]:
+        """Moderation requests (those with a response format), in arrival order."""
         with self.lock:
-            return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
+            return [
+                r
+                for r in self.requests
+                if r["path"] == "/v1/chat/completions" and r.get("body", {}).get("response_format") is not None
+            ]
+
+    def probe_requests(self) -> list[dict[str, Any]]:
+        """Requests without a response format: the worker's logprob probes (worker.inference.tempering)."""
+        with self.lock:
+            return [
+                r
+                for r in self.requests
+                if r["path"] == "/v1/chat/completions" and r.get("body", {}).get("response_format") is None
+            ]
 
     # --- the model ------------------------------------------------------------------------------------------
     def decide(self, image: Image.Image) -> tuple[str, str, str, float]:
@@ -194,34 +223,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- GET endpoints --------------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        behaviour = self.sim.behaviour
+        sim = self.sim
+        behaviour = sim.behaviour
         path = self.path.split("?", 1)[0]
-        if path in {"/health", "/health_generate", "/ready"}:
-            self._send(200 if behaviour.ready else 503, {} if behaviour.ready else {"detail": "starting"})
+        if path in {"/health", "/health_generate"}:
+            if behaviour.health_s:
+                sim.stopping.wait(behaviour.health_s)
+            self._send(200 if behaviour.ready else 503, b"", "text/plain")
         elif path in {"/model_info", "/get_model_info"}:
-            self._send(
-                200,
-                {
-                    "model_path": behaviour.model_path,
-                    "tokenizer_path": behaviour.model_path,
-                    "is_generation": True,
-                    "has_image_understanding": True,
-                    "served_model_name": behaviour.model_path,
-                    "guardq_simulated": True,
-                },
-            )
+            self._send(200, observability.model_info(behaviour.model_path))
         elif path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": behaviour.model_path, "object": "model"}]})
         elif path in {"/server_info", "/get_server_info"}:
-            self._send(200, {"version": "0.5.23-simulated", "max_running_requests": behaviour.max_running})
+            self._send(200, observability.server_info(sim))
+        elif path == "/v1/loads":
+            self._send(200, observability.loads(sim))
         elif path == "/metrics":
-            text = f"sglang:num_running_reqs {self.sim.running}\nsglang:num_requests_total {len(self.sim.requests)}\n"
-            self._send(200, text.encode(), "text/plain; version=0.0.4")
+            self._send(200, observability.metrics(sim).encode(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/_control/requests":
-            with self.sim.lock:
-                self._send(200, {"requests": self.sim.requests, "peak_running": self.sim.peak_running})
+            with sim.lock:
+                self._send(
+                    200,
+                    {"requests": sim.requests, "peak_running": sim.peak_running, "peak_waiting": sim.peak_waiting},
+                )
         else:
-            self._error(404, f"no route {path}")
+            self._send(404, {"detail": "Not Found"})  # FastAPI's answer (0.5.17 has no /ready, for one)
 
     # --- POST endpoints -------------------------------------------------------------------------------------
     def do_POST(self) -> None:
@@ -232,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/v1/chat/completions":
             self._chat(raw)
         else:
-            self._error(404, f"no route {path}")
+            self._send(404, {"detail": "Not Found"})
 
     def _control(self, path: str, raw: bytes) -> None:
         payload = json.loads(raw or b"{}")
@@ -257,16 +283,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "Invalid JSON body")
             return
         problem, image, text = check_request(body)
-        self._record({"body": summary(body), "rid": body.get("rid"), "policy_text": text, "problem": problem})
+        rid = body.get("rid") if isinstance(body, dict) else None
+        self._record({"body": summary(body), "rid": rid, "policy_text": text, "problem": problem})
         if problem:
             self._error(400, problem)
             return
         with self.sim.lock:
-            fault = self.sim.behaviour.faults.popleft() if self.sim.behaviour.faults else None
-        if fault and self._apply_fault(fault):
+            duplicate = rid is not None and rid in self.sim.in_flight_rids
+            if rid is not None and not duplicate:
+                self.sim.in_flight_rids.add(rid)
+            fault = self.sim.behaviour.faults.popleft() if self.sim.behaviour.faults and not duplicate else None
+        if duplicate:
+            self._error(400, f"Duplicate request ID detected: {rid}")  # what 0.5.17 answers a rid already in flight
             return
-        assert image is not None
-        self._complete(body, image, fault or {})
+        try:
+            if fault and self._apply_fault(fault):
+                return
+            assert image is not None
+            self._complete(body, image, fault or {})
+        finally:
+            if rid is not None:
+                with self.sim.lock:
+                    self.sim.in_flight_rids.discard(rid)
 
     def _apply_fault(self, fault: dict[str, Any]) -> bool:
         """Play a fault; True when it answered (or dropped) the request itself."""
@@ -291,54 +329,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, body: dict[str, Any], image: Image.Image, fault: dict[str, Any]) -> None:
         rating, category, rationale, p_unsafe = self.sim.decide(image)
-        schema = body["response_format"]["json_schema"]["schema"]
-        verdict: dict[str, Any] = {"rating": rating, "category": category}
-        if "rationale" in schema.get("properties", {}):
-            verdict["rationale"] = rationale
-        content = json.dumps(verdict, indent=4)
-        finish = "stop"
-        kind = fault.get("kind")
-        if kind == "invalid_json":
-            content = '{\n    "rating": "Safe",\n    "category": "NA: None applying",\n    "rationale": "cut'
-        elif kind == "length":
-            content, finish = content[: len(content) // 2], "length"
-        elif kind == "bad_category":
-            content = json.dumps({"rating": "Safe", "category": "O42: Made Up", "rationale": "x"}, indent=4)
-        tokens = tokenize(content)
-        self._serve_time(len(tokens))
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": None},
-            "logprobs": logprobs(tokens, p_unsafe) if body.get("logprobs") else None,
-            "finish_reason": finish,
-            "matched_stop": None if finish == "length" else 2,
-        }
-        prompt_tokens = 576 + len(tokenize(body["messages"][0]["content"][1]["text"]))
-        self._send(
-            200,
-            {
-                "id": uuid.uuid4().hex,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "default"),
-                "choices": [choice],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(tokens),
-                    "total_tokens": prompt_tokens + len(tokens),
-                    "prompt_tokens_details": None,
-                },
-            },
-        )
+        with self.sim.lock:
+            b = self.sim.behaviour
+            style = Style(b.layout, b.rationale_chars, b.control_chars, b.original_logprob)
+        payload, generated = build(body, Decision(rating, category, rationale, p_unsafe), style, fault)
+        self._serve_time(generated, prompt_tokens(body))
+        self._send(200, payload)
 
-    def _serve_time(self, n_tokens: int) -> None:
+    def _serve_time(self, n_tokens: int, n_prompt: int) -> None:
         """Wait like a batching server: queue for a running slot, then prefill + decode (or a fixed latency)."""
         sim = self.sim
         slots = sim._slots
-        if slots is not None:
-            slots.acquire()
+        with sim.lock:
+            sim.waiting += 1
+            sim.peak_waiting = max(sim.peak_waiting, sim.waiting)
+        try:
+            if slots is not None:
+                slots.acquire()
+        finally:
+            with sim.lock:
+                sim.waiting -= 1
         with sim.lock:
             sim.running += 1
+            sim.tokens_in_use += n_prompt + n_tokens
             sim.peak_running = max(sim.peak_running, sim.running)
             b = sim.behaviour
             seconds = b.latency_s + b.prefill_s + b.per_token_s * n_tokens + random.uniform(0, b.jitter_s)
@@ -348,5 +361,6 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with sim.lock:
                 sim.running -= 1
+                sim.tokens_in_use -= n_prompt + n_tokens
             if slots is not None:
                 slots.release()

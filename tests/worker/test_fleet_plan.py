@@ -60,7 +60,7 @@ def test_a_single_gpu_model_gets_one_pinned_server_and_one_worker_per_gpu(model:
     for i, slot in enumerate(plan.slots):
         assert slot.server is not None
         assert (
-            f"CUDA_VISIBLE_DEVICES={i} {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics"
+            f"CUDA_VISIBLE_DEVICES={i} SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics --enable-cache-report"
             == slot.server.shell()
         )
         assert worker_line(f"gpu{i}", str(i), 30000 + i, 9400 + i, model) == slot.worker.shell()
@@ -77,11 +77,11 @@ def test_34b_runs_tensor_parallel_on_two_gpus_per_server() -> None:
     first, second = plan.slots
     assert first.server is not None and second.server is not None
     assert (
-        f"CUDA_VISIBLE_DEVICES=0,1 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics"
+        f"CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics --enable-cache-report"
         == first.server.shell()
     )
     assert (
-        f"CUDA_VISIBLE_DEVICES=2,3 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics"
+        f"CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics --enable-cache-report"
         == second.server.shell()
     )
     assert worker_line("gpu2-3", "2,3", 30001, 9401, "AIML-TUDA/LlavaGuard-34B") == second.worker.shell()
@@ -116,7 +116,7 @@ def test_server_settings_become_launch_flags_and_size_the_worker() -> None:
         "127.0.0.1",
         "--port",
         "31000",
-        "--enable-metrics",
+        "--enable-metrics --enable-cache-report",
         "--mem-fraction-static",
         "0.8",
         "--max-running-requests",
@@ -127,7 +127,7 @@ def test_server_settings_become_launch_flags_and_size_the_worker() -> None:
         "--schedule-policy",
         "lpm",
     ] == slot.server.argv
-    assert {"CUDA_VISIBLE_DEVICES": "3"} == slot.server.env
+    assert {"CUDA_VISIBLE_DEVICES": "3", "SGLANG_RETURN_ORIGINAL_LOGPROB": "1"} == slot.server.env
     assert "60" == slot.worker.argv[slot.worker.argv.index("--concurrency") + 1]  # 48 running + 25% headroom
     assert "0" == slot.worker.env["GUARDQ_METRICS_PORT"]
 
@@ -208,9 +208,9 @@ def test_guardq_worker_dry_run_prints_every_command_and_its_environment() -> Non
     servers = [line.strip() for line in lines if line.strip().startswith("server:")]
     workers = [line.strip() for line in lines if line.strip().startswith("worker:")]
     assert 2 == len(servers) == len(workers)
-    assert servers[0].startswith(f"server: CUDA_VISIBLE_DEVICES=0,1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
-    assert servers[1].startswith(f"server: CUDA_VISIBLE_DEVICES=2,3 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
-    assert "--port 30001 --tp 2 --enable-metrics" in servers[1]
+    assert servers[0].startswith(f"server: CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
+    assert servers[1].startswith(f"server: CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
+    assert "--port 30001 --tp 2 --enable-metrics --enable-cache-report" in servers[1]
     assert "GUARDQ_GPU=2,3 GUARDQ_METRICS_PORT=9401" in workers[1]
 
 
@@ -243,3 +243,12 @@ def test_a_server_port_already_taken_stops_the_launch_with_one_line_naming_it() 
     assert "port(s) " in result.stderr and f"{taken} (gpu1@" in result.stderr
     assert "--base-port" in result.stderr
     assert 1 == len(result.stderr.strip().splitlines())
+
+
+def test_pre_staged_weights_replace_the_hub_ids_in_the_server_command() -> None:
+    settings = Settings(sglang_model_path="/models/llava-rand", sglang_tokenizer_path="/models/llava-rand-tok")
+    plan = build_plan(settings, get_model("AIML-TUDA/LlavaGuard-7B"), host="h", gpus=["0"])
+    argv = plan.slots[0].server.argv if plan.slots[0].server else []
+    assert "/models/llava-rand" == argv[argv.index("--model-path") + 1]
+    assert "/models/llava-rand-tok" == argv[argv.index("--tokenizer-path") + 1]
+    assert "vicuna_v1.1" == argv[argv.index("--chat-template") + 1]  # still the registry's template

@@ -86,10 +86,23 @@ def size_concurrency(settings: Settings, explicit: int | None = None) -> int:
     return settings.worker_concurrency
 
 
+# Set on every server the launcher starts: SGLang then reports untempered logprobs, so unsafe_score is read as
+# the model's own P(Unsafe) (workers also detect it themselves: worker.inference.tempering).
+SERVER_ENV = {"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}
+
+
 def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tuple[str, ...], tp: int) -> Command:
     """``<launch cmd> --model-path ... --chat-template ... --port P --enable-metrics ...`` pinned to ``gpus``."""
-    argv = [*settings.sglang_launch_words(), *model.sglang_server_args(port=port, host=settings.sglang_host, tp=tp)]
-    argv.append("--enable-metrics")
+    server_args = model.sglang_server_args(
+        port=port,
+        host=settings.sglang_host,
+        tp=tp,
+        model_path=settings.sglang_model_path,
+        tokenizer_path=settings.sglang_tokenizer_path,
+    )
+    argv = [*settings.sglang_launch_words(), *server_args]
+    # /metrics for the worker's in-flight control and Prometheus; cached-token counts in every response's usage
+    argv += ["--enable-metrics", "--enable-cache-report"]
     optional = {
         "--mem-fraction-static": settings.sglang_mem_fraction_static,
         "--max-running-requests": settings.sglang_max_running_requests,
@@ -99,7 +112,7 @@ def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tup
         if value is not None:
             argv += [flag, str(value)]
     argv += shlex.split(settings.sglang_extra_args)
-    return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus)})
+    return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus), **SERVER_ENV})
 
 
 def worker_command(

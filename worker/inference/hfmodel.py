@@ -130,7 +130,7 @@ class LocalModel:
             tokenizer,
             vocab_size=vocab_size,
             stop_token_ids=stop_ids,
-            rationale_max_chars=settings.local_rationale_max_chars,
+            rationale_max_chars=settings.rationale_chars(),
         )
         self.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=settings.temperature > 0,

@@ -28,7 +28,7 @@ from schemas.settings import Settings
 from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.batching import BatcherClosed, DynamicBatcher
 from worker.inference.hfmodel import Generation, LocalModel, Prompt, checkpoint_path
-from worker.inference.output import InvalidModelOutput, parse_verdict
+from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
 
 log = structlog.get_logger(__name__)
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, IndexError, OSError)
@@ -128,16 +128,17 @@ class TransformersBackend:
             raise TransientError(f"local model unavailable: {exc!r}", code=ErrorCode.INFERENCE_UNAVAILABLE) from None
 
     def _result(self, generation: Generation, request: InferenceRequest) -> InferenceResult:
-        if generation.finish_reason == "length":
-            raise InvalidModelOutput(
-                f"model output hit max_new_tokens={self._settings.max_new_tokens} before the verdict closed"
+        score = generation.unsafe_score if request.want_score else None
+        if generation.finish_reason == "length":  # the SGLang backend's rule: keep a verdict cut in its rationale
+            if not request.with_rationale:
+                raise InvalidModelOutput(
+                    f"model output hit max_new_tokens={self._settings.max_new_tokens} before the verdict closed"
+                )
+            verdict = parse_truncated(generation.text, unsafe_score=score, score_method="logits")
+        else:
+            verdict = parse_verdict(
+                generation.text, with_rationale=request.with_rationale, unsafe_score=score, score_method="logits"
             )
-        verdict = parse_verdict(
-            generation.text,
-            with_rationale=request.with_rationale,
-            unsafe_score=generation.unsafe_score if request.want_score else None,
-            strict=False,
-        )
         return InferenceResult(
             verdict=verdict,
             raw_text=generation.text,

@@ -1,17 +1,33 @@
-"""Turn the model's text into a :class:`~schemas.verdict.Verdict`, strictly and with a clear error otherwise."""
+"""Turn the model's text into a :class:`~schemas.verdict.Verdict`, strictly and with a clear error otherwise.
+
+Two facts from a real SGLang 0.5.17 server shape this (``docs/sglang-real.md``):
+
+- Grammar-constrained decoding (xgrammar) lets raw control characters (``\\u0005``, ``\\u001a`` ...) into JSON
+  strings. They are data in the rationale, not a syntax error: the text is read with ``json.loads(strict=False)``.
+- When the token budget runs out inside the rationale the server answers ``finish_reason: "length"`` with an
+  unterminated string. Rating and category come first and are complete by then, so :func:`parse_truncated` keeps
+  the verdict with the rationale generated so far (``rationale_truncated``) instead of paying for another
+  inference that would end the same way.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, PermanentError
-from schemas.verdict import Verdict
+from schemas.verdict import ScoreMethod, Verdict
+
+# re-exported for callers that located candidates through this module before scores.py existed
+from worker.inference.scores import (  # noqa: F401
+    chat_rating_candidates,
+    locate_rating,
+    native_rating_candidates,
+    score_from_response,
+    unsafe_probability,
+)
 
 
 class InvalidModelOutput(PermanentError):
@@ -21,131 +37,74 @@ class InvalidModelOutput(PermanentError):
 
 
 def parse_verdict(
-    text: str, *, with_rationale: bool = True, unsafe_score: float | None = None, strict: bool = True
+    text: str,
+    *,
+    with_rationale: bool = True,
+    unsafe_score: float | None = None,
+    score_method: ScoreMethod | None = None,
 ) -> Verdict:
-    """Parse the JSON object the model produced; tolerate text around it, never guess missing fields.
-
-    ``strict=False`` accepts raw control characters inside strings (``json.loads(strict=False)``): grammar-
-    constrained decoding may emit them in the rationale, where they are data, not a syntax error.
-    """
+    """Parse the JSON object the model produced; tolerate text around it, never guess missing fields."""
     candidate = text.strip()
     try:
-        payload = json.loads(candidate, strict=strict)
+        payload = json.loads(candidate, strict=False)
     except json.JSONDecodeError:
         start, end = candidate.find("{"), candidate.rfind("}")
         if start < 0 or end <= start:
             raise InvalidModelOutput(f"model output is not JSON: {candidate[:120]!r}") from None
         try:
-            payload = json.loads(candidate[start : end + 1], strict=strict)
+            payload = json.loads(candidate[start : end + 1], strict=False)
         except json.JSONDecodeError as exc:
             raise InvalidModelOutput(f"model output is not valid JSON ({exc.msg}): {candidate[:120]!r}") from None
     if not isinstance(payload, dict):
         raise InvalidModelOutput(f"model output is JSON but not an object: {candidate[:120]!r}")
     if with_rationale and not isinstance(payload.get("rationale"), str):
         raise InvalidModelOutput("model output has no rationale")
+    return _verdict(payload, unsafe_score, score_method)
+
+
+# The head of a verdict whose rationale string was cut by the token budget: rating and category complete.
+_TRUNCATED = re.compile(
+    r'^\s*\{\s*"rating"\s*:\s*"(?P<rating>[^"\\]*)"\s*,\s*"category"\s*:\s*"(?P<category>[^"\\]*)"\s*,'
+    r'\s*"rationale"\s*:\s*"(?P<rationale>.*)$',
+    re.DOTALL,
+)
+
+
+def parse_truncated(
+    text: str, *, unsafe_score: float | None = None, score_method: ScoreMethod | None = None
+) -> Verdict:
+    """The verdict of an output the token budget cut inside the rationale (``finish_reason: length``).
+
+    Raises :class:`InvalidModelOutput` when the cut came before the rationale began (rating or category unfinished).
+    """
+    match = _TRUNCATED.match(text)
+    if match is None:
+        raise InvalidModelOutput(f"model output ended (token budget) before the verdict was complete: {text[:120]!r}")
+    body = match["rationale"]
+    rationale = body  # undecodable even after trimming: keep the raw text rather than lose the verdict
+    for cut in range(7):  # the cut may have split an escape (``\\``, ``\\u00e``) or left the closing quote
+        try:
+            rationale = json.loads(f'"{body[: len(body) - cut]}"', strict=False)
+            break
+        except json.JSONDecodeError:
+            continue
+    payload = {"rating": match["rating"], "category": match["category"], "rationale": rationale}
+    return _verdict(payload, unsafe_score, score_method, truncated=True)
+
+
+def _verdict(
+    payload: dict[str, object], unsafe_score: float | None, score_method: ScoreMethod | None, *, truncated: bool = False
+) -> Verdict:
     try:
         return Verdict(
-            rating=payload.get("rating"),
-            category=payload.get("category"),
-            rationale=payload.get("rationale"),
+            rating=payload.get("rating"),  # type: ignore[arg-type]
+            category=payload.get("category"),  # type: ignore[arg-type]
+            rationale=payload.get("rationale"),  # type: ignore[arg-type]
             unsafe_score=unsafe_score,
+            score_method=score_method if unsafe_score is not None else None,
+            rationale_truncated=True if truncated else None,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidModelOutput(f"model output field {where!r}: {first['msg']}") from None
-
-
-def _rating_word(token: str) -> str:
-    """A candidate token without the JSON quote, whitespace or tokenizer space markers around it."""
-    return token.strip().lstrip("\u2581\u0120").strip().strip('"').strip()
-
-
-def unsafe_probability(top_logprobs: list[dict[str, Any]] | None) -> float | None:
-    """P(Unsafe) from the candidates at the rating token: ``[{"token": "Unsafe", "logprob": -0.1}, ...]``.
-
-    Candidates are normalised over the two ratings. A tokenizer may split the word (``"Un"`` + ``"safe"``,
-    ``"S"`` + ``"afe"``) or glue a space or the opening quote to it (``" Unsafe"``, ``' "Safe'``): a candidate
-    counts for a rating when it is a prefix of that word (or the word itself, possibly with more after it).
-    """
-    if not top_logprobs:
-        return None
-    unsafe = safe = 0.0
-    for item in top_logprobs:
-        token = _rating_word(str(item.get("token") or ""))
-        if not token:
-            continue
-        prob = math.exp(float(item.get("logprob", -math.inf)))
-        if "Unsafe".startswith(token) or token.startswith("Unsafe"):
-            unsafe += prob
-        elif "Safe".startswith(token) or token.startswith("Safe"):
-            safe += prob
-    total = unsafe + safe
-    return None if total == 0 else round(unsafe / total, 6)
-
-
-_AFTER_RATING_QUOTE = re.compile(r'"rating"\s*:\s*"$')
-_AFTER_RATING_COLON = re.compile(r'"rating"\s*:\s*$')
-_QUOTE_THEN_WORD = re.compile(r'^\s*"\s*\w')
-
-
-def locate_rating(tokens: Sequence[str | None]) -> int | None:
-    """Index of the generated token that starts the rating value (the token after ``"rating": "``).
-
-    Also finds it when the tokenizer glued the opening quote to the value (``' "Unsafe'`` after ``"rating":``).
-    None when it is absent or token texts are unknown.
-    """
-    text = ""
-    for index, token in enumerate(tokens):
-        if token is None:
-            return None
-        if _AFTER_RATING_QUOTE.search(text) or (_AFTER_RATING_COLON.search(text) and _QUOTE_THEN_WORD.match(token)):
-            return index
-        text += token
-    return None
-
-
-def chat_rating_candidates(content: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """Candidates at the rating token in chat ``choices[0].logprobs.content`` (``top_logprobs`` per token)."""
-    index = locate_rating([str(item.get("token", "")) for item in content])
-    if index is None:
-        return None
-    item = content[index]
-    return list(item.get("top_logprobs") or [item])
-
-
-def native_rating_candidates(meta_info: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Candidates at the rating token in native ``/generate`` ``meta_info``.
-
-    SGLang returns ``output_token_logprobs`` (the generated token per position) and ``output_top_logprobs``
-    (per position a list of candidates), each entry a ``[logprob, token_id, token_text]`` triple; the text is
-    there only with ``return_text_in_logprobs``. Without ``output_token_logprobs`` the best candidate stands in.
-    """
-    top = meta_info.get("output_top_logprobs") or []
-    chosen = meta_info.get("output_token_logprobs")
-    if chosen:
-        texts = [_triple_text(entry) for entry in chosen]
-    else:
-        texts = [_triple_text(max(pos, key=lambda e: float(e[0]))) if pos else None for pos in top]
-    index = locate_rating(texts)
-    if index is None or index >= len(top) or not top[index]:
-        return None
-    return [{"token": _triple_text(entry) or "", "logprob": float(entry[0])} for entry in top[index]]
-
-
-def _triple_text(entry: Sequence[Any] | None) -> str | None:
-    if not entry or len(entry) < 3 or entry[2] is None:
-        return None
-    return str(entry[2])
-
-
-def score_from_response(payload: dict[str, Any]) -> float | None:
-    """P(Unsafe) from an SGLang response of either shape: chat completions or native ``/generate``."""
-    meta = payload.get("meta_info")
-    if isinstance(meta, dict):
-        return unsafe_probability(native_rating_candidates(meta))
-    try:
-        content = (payload["choices"][0].get("logprobs") or {}).get("content") or []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return unsafe_probability(chat_rating_candidates(content))

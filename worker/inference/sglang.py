@@ -2,12 +2,19 @@
 
 Request shape (DESIGN.md): one user message, the image part first (a ``data:`` URI of bytes the worker fetched
 and validated) then the policy text; ``response_format`` is a JSON schema with ``rating``, ``category``,
-``rationale`` in that order; temperature 0.2, top_p 0.95, top_k 50, 500 new tokens. 503/5xx/429 and timeouts are
-transient; 400 is a permanent rejection; an invalid verdict is re-requested ``invalid_output_retries`` times.
+``rationale`` in that order, the rationale's ``maxLength`` sized to the token budget; temperature 0.2, top_p 0.95,
+top_k 50, 500 new tokens. 503/5xx/429 and timeouts are transient; 400 is a permanent rejection; an invalid verdict
+is re-requested ``invalid_output_retries`` times.
+
+Tested against a real SGLang 0.5.17 (docs/sglang-real.md): its logprobs are tempered unless the server runs with
+``SGLANG_RETURN_ORIGINAL_LOGPROB=1`` (``worker.inference.tempering`` finds out which, ``worker.inference.scores``
+undoes the temperature); a budget cut inside the rationale keeps the verdict (``parse_truncated``); two requests
+with the same ``rid`` in flight at once get a 400 "Duplicate request ID", so every call gets a ``rid`` of its own.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import httpcore
@@ -17,10 +24,12 @@ from schemas.errors import ErrorCode, PermanentError, TransientError
 from schemas.events import ModelInfo
 from schemas.models import ModelSpec
 from schemas.settings import Settings
-from schemas.verdict import verdict_json_schema
+from schemas.verdict import ScoreMethod, verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.http import TRANSPORT_ERRORS, HttpClient
-from worker.inference.output import InvalidModelOutput, chat_rating_candidates, parse_verdict, score_from_response
+from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
+from worker.inference.scores import chat_rating_candidates, rating_score, response_candidates
+from worker.inference.tempering import LogprobKindCache
 
 log = structlog.get_logger(__name__)
 rating_candidates = chat_rating_candidates  # the chat-shape locator, kept under its original name
@@ -41,6 +50,8 @@ class SGLangBackend:
             max_connections=settings.worker_concurrency + 4,
         )
         self._info: ModelInfo | None = None
+        self._logprobs = LogprobKindCache(settings.sglang_logprobs, self._probe_post)
+        self._has_ready: bool | None = None  # whether the server has /ready (learned from its first answer)
 
     @property
     def base_url(self) -> str:
@@ -66,7 +77,9 @@ class SGLangBackend:
                 "type": "json_schema",
                 "json_schema": {
                     "name": "llavaguard_verdict",
-                    "schema": verdict_json_schema(with_rationale=request.with_rationale),
+                    "schema": verdict_json_schema(
+                        with_rationale=request.with_rationale, rationale_max_chars=s.rationale_chars()
+                    ),
                     "strict": True,
                 },
             },
@@ -78,13 +91,15 @@ class SGLangBackend:
         }
         if request.want_score:
             body["logprobs"] = True
-            body["top_logprobs"] = 5
+            body["top_logprobs"] = s.score_top_logprobs
         return body
 
     def infer(self, request: InferenceRequest) -> InferenceResult:
         attempts = self._settings.invalid_output_retries + 1
         for attempt in range(1, attempts + 1):
-            rid = request.rid if attempt == 1 else f"{request.rid}.r{attempt}"
+            # Unique per call: a redelivered job can run while its first delivery is still in flight somewhere.
+            base = request.rid if attempt == 1 else f"{request.rid}.r{attempt}"
+            rid = f"{base}.{secrets.token_hex(4)}"
             payload = self._post(self.build_body(request) | {"rid": rid})
             try:
                 return self._result(payload, request)
@@ -134,12 +149,18 @@ class SGLangBackend:
         finish = choice.get("finish_reason")
         if finish == "abort":
             raise TransientError("SGLang aborted the request", code=ErrorCode.INFERENCE_UNAVAILABLE)
+        score, method = self._score(payload) if request.want_score else (None, None)
         if finish == "length":
-            raise InvalidModelOutput(
-                f"model output hit max_tokens={self._settings.max_new_tokens} before the verdict closed"
+            if not request.with_rationale:
+                raise InvalidModelOutput(
+                    f"model output hit max_tokens={self._settings.max_new_tokens} before the verdict closed"
+                )
+            verdict = parse_truncated(text, unsafe_score=score, score_method=method)
+            log.warning("rationale_truncated", completion_tokens=(payload.get("usage") or {}).get("completion_tokens"))
+        else:
+            verdict = parse_verdict(
+                text, with_rationale=request.with_rationale, unsafe_score=score, score_method=method
             )
-        score = score_from_response(payload) if request.want_score else None
-        verdict = parse_verdict(text, with_rationale=request.with_rationale, unsafe_score=score)
         usage = payload.get("usage") or {}
         return InferenceResult(
             verdict=verdict,
@@ -148,6 +169,33 @@ class SGLangBackend:
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
         )
+
+    def _score(self, payload: dict[str, Any]) -> tuple[float | None, ScoreMethod | None]:
+        """P(Unsafe) with the server's temperature undone when its logprobs are tempered."""
+        candidates = response_candidates(payload)
+        if candidates is None:
+            return None, None
+        temperature = self._settings.temperature
+        tempered = temperature > 0 and self._logprobs.kind() == "tempered"
+        score = rating_score(candidates, temperature=temperature if tempered else 1.0)
+        if score is None:
+            return None, None
+        if not score.complete:
+            log.debug("rating_candidates_incomplete", candidates=len(candidates))
+        return score.unsafe, "detempered" if tempered else "logprobs"
+
+    def _probe_post(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """One logprob probe (``worker.inference.tempering``); None on any failure."""
+        try:
+            response = self._http.post_json("/v1/chat/completions", body, timeout_s=30.0)
+            if response.status != 200:
+                log.warning("sglang_logprob_probe_failed", status=response.status, detail=response.text[:200])
+                return None
+            data: dict[str, Any] = response.json()
+            return data
+        except (*TRANSPORT_ERRORS, ValueError) as exc:
+            log.warning("sglang_logprob_probe_failed", error=repr(exc))
+            return None
 
     def describe(self) -> ModelInfo:
         """Model facts from ``/model_info`` (``/get_model_info`` on older SGLang), fetched once."""
@@ -174,11 +222,19 @@ class SGLangBackend:
         return self._info
 
     def ready(self, timeout_s: float = 5.0) -> bool:
-        """True when the server can take requests: ``/ready`` (SGLang ≥0.5), else ``/health``."""
+        """True when the server can take requests: ``/ready`` where it exists (newer SGLang), else ``/health``.
+
+        0.5.17 has no ``/ready``; its ``/health`` answers 503 while the server starts and, once up, runs a
+        one-token generation when idle (at least a second per probe).
+        """
         try:
-            response = self._http.get("/ready", timeout_s=timeout_s)
-            if response.status == 404:
-                response = self._http.get("/health", timeout_s=timeout_s)
+            if self._has_ready is not False:
+                response = self._http.get("/ready", timeout_s=timeout_s)
+                if response.status != 404:
+                    self._has_ready = True
+                    return response.status == 200
+                self._has_ready = False
+            response = self._http.get("/health", timeout_s=timeout_s)
         except TRANSPORT_ERRORS:
             return False
         return response.status == 200

@@ -36,7 +36,7 @@ def tiny_env(model_dir: Path) -> dict[str, str]:
         "GUARDQ_LOCAL_MODEL_PATH": str(model_dir),
         "GUARDQ_LOCAL_DEVICE": "cpu",
         "GUARDQ_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
-        "GUARDQ_LOCAL_RATIONALE_MAX_CHARS": str(RATIONALE_MAX_CHARS),
+        "GUARDQ_RATIONALE_MAX_CHARS": str(RATIONALE_MAX_CHARS),
     }
 
 

@@ -204,7 +204,7 @@ def test_output_cut_by_the_token_budget_is_regenerated_then_fails_as_invalid_mod
 ) -> None:
     """16 new tokens cannot hold the verdict skeleton: one retry (the default), then ``invalid_model_output``."""
     backend = TransformersBackend(
-        tiny_settings(tiny_llava_dir, max_new_tokens=16, local_rationale_max_chars=4000), get_model(TINY_MODEL)
+        tiny_settings(tiny_llava_dir, max_new_tokens=16, rationale_max_chars=4000), get_model(TINY_MODEL)
     )
     try:
         wait_ready(backend)

@@ -1,0 +1,134 @@
+"""The test server's "model": a chat completion for one request, as real SGLang 0.5.17 would shape it.
+
+The verdict itself is scripted (the image's mean colour picks a rule); everything around it follows the real
+server: the layout xgrammar produced, the rationale cut at the schema's ``maxLength``, the output cut at
+``max_tokens`` with ``finish_reason: "length"``, tempered logprobs with masked candidates, and for a request
+without ``response_format`` one free token (the logprob probe guardq sends).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from tests.sglang_server import protocol
+from tests.sglang_server.protocol import tokens as tokenize
+
+IMAGE_TOKENS = 576  # LLaVA-1.5: (336 / 14)^2 placeholder tokens per image
+
+
+@dataclass(frozen=True)
+class Decision:
+    rating: str
+    category: str
+    rationale: str
+    p_unsafe: float
+
+
+@dataclass(frozen=True)
+class Style:
+    """How the scripted model writes (Behaviour fields copied under the server's lock)."""
+
+    layout: str
+    rationale_chars: int | None
+    control_chars: bool
+    original_logprob: bool
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    parts = body["messages"][0]["content"]
+    text = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
+    return IMAGE_TOKENS + len(tokenize(text))
+
+
+def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def build(body: dict[str, Any], decision: Decision, style: Style, fault: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The response payload and the number of generated tokens (for the serving time)."""
+    temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
+    top_n = int(body.get("top_logprobs") or 0)
+    max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 128)
+    schema = _schema(body)
+    if schema is None:
+        token, lp = protocol.free_logprobs(temperature, style.original_logprob, top_n)
+        finish = "length" if max_tokens <= 1 else "stop"
+        return _payload(body, token, lp if body.get("logprobs") else None, finish, 1), 1
+
+    rationale: str | None = None
+    props = schema.get("properties", {})
+    if "rationale" in props:
+        limit = int(props["rationale"].get("maxLength") or protocol.RATIONALE_HARD_MAX)
+        if style.rationale_chars is not None:
+            rationale = protocol.ramble(
+                zlib.crc32(str(body.get("rid")).encode()), style.rationale_chars, control_chars=style.control_chars
+            )
+        else:
+            rationale = decision.rationale
+        rationale = rationale[:limit]  # the grammar closes the string at maxLength
+    content = protocol.verdict_text(decision.rating, decision.category, rationale, layout=style.layout)
+    kind = fault.get("kind")
+    if kind == "invalid_json":
+        content = '{"rating": "Safe", "category": "NA: None applying", "rationale": "cut'
+    elif kind == "bad_category":
+        content = protocol.verdict_text("Safe", "O42: Made Up", "x")
+
+    rating = protocol.rating_candidates(decision.p_unsafe, temperature, style.original_logprob)
+    first_piece = protocol.RATING_PIECES[decision.rating][0][0]
+    if kind in {"invalid_json", "bad_category"}:
+        token_list = tokenize(content)
+        rating_at = None
+    else:
+        token_list = protocol.verdict_tokens(content, decision.rating, first_piece)
+        rating_at = len(tokenize(content[: content.index(decision.rating, content.index('"rating"') + 9)]))
+    finish = "stop"
+    if kind == "length":  # the budget ran out before the verdict closed (inside the category)
+        cut = content.index('"category"') + 16
+        token_list = tokenize(content[:cut])
+        finish = "length"
+    elif len(token_list) + 1 > max_tokens:  # the end token counts too
+        token_list = token_list[:max_tokens]
+        finish = "length"
+    text = "".join(token_list)
+    logprobs = None
+    if body.get("logprobs"):
+        logprobs = protocol.logprobs_for(
+            token_list, rating_at=rating_at if rating_at is not None and rating_at < len(token_list) else None,
+            rating=rating, top_n=top_n,
+        )
+    completion = len(token_list) + (0 if finish == "length" else 1)
+    return _payload(body, text, logprobs, finish, completion), completion
+
+
+def _payload(
+    body: dict[str, Any], content: str, logprobs: dict[str, Any] | None, finish: str, completion: int
+) -> dict[str, Any]:
+    prompt = prompt_tokens(body)
+    return {
+        "id": str(body.get("rid") or uuid.uuid4().hex),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "default"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "reasoning_content": None, "tool_calls": None},
+                "logprobs": logprobs,
+                "finish_reason": finish,
+                "matched_stop": None if finish == "length" else 2,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+            "prompt_tokens_details": None,
+            "reasoning_tokens": 0,
+        },
+    }
