@@ -113,7 +113,7 @@ def guardq_env(redis_port: int, ckpt: Path, out: Path) -> dict[str, str]:
         "GUARDQ_SGLANG_MODEL_PATH": str(ckpt / "llava-rand"),
         "GUARDQ_SGLANG_TOKENIZER_PATH": str(ckpt / "llava-rand-tok"),
         "GUARDQ_SGLANG_LAUNCH_CMD": SERVER_CMD,
-        "GUARDQ_UPLOAD_STORE": f"file://{out / 'uploads'}",
+        "GUARDQ_UPLOAD_STORE": "file:///tmp/guardq-uploads",
         "GUARDQ_LOG_FORMAT": "json",
         "GUARDQ_METRICS_PORT": "0",
     }

@@ -182,6 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
     sim: SimulatedSGLang
     protocol_version = "HTTP/1.1"
     server_version = "SimulatedSGLang/0.5"
+    timeout = 5  # like SGLang's uvicorn (SGLANG_TIMEOUT_KEEP_ALIVE): an idle keep-alive connection closes after 5 s
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -13,6 +13,12 @@ import httpcore
 import orjson
 
 
+# SGLang's uvicorn closes a keep-alive connection after 5 s idle (SGLANG_TIMEOUT_KEEP_ALIVE); a pooled connection
+# reused just as the server closes it fails with "connection reset" (seen on the real server: a job retry for
+# nothing). Dropping idle connections well before that never reuses one the server is about to close.
+KEEPALIVE_EXPIRY_S = 3.0
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -44,7 +50,10 @@ class HttpClient:
         self._timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._pool = httpcore.ConnectionPool(
-            max_connections=max_connections, max_keepalive_connections=max_connections, retries=0
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            retries=0,
         )
 
     def _timeouts(self, timeout_s: float | None) -> dict[str, float]:
