@@ -21,6 +21,7 @@ from schemas.models import DEFAULT_MODEL, get_model
 from schemas.verdict import RATIONALE_MAX_CHARS, rationale_budget
 
 ENV_PREFIX = "GUARDQ_"
+LOCAL_DEFAULT_CONCURRENCY = 32  # the transformers backend batches in-process: its batcher, not a server, is the limit
 
 
 class Settings(BaseSettings):
@@ -58,8 +59,12 @@ class Settings(BaseSettings):
     # The rationale's maxLength; default: what fits the token budget (schemas.verdict.rationale_budget).
     rationale_max_chars: int | None = Field(default=None, ge=1, le=RATIONALE_MAX_CHARS)
 
-    # Worker
-    worker_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Worker. Jobs in flight: set GUARDQ_WORKER_CONCURRENCY for a fixed number; unset, the worker sets it from its
+    # SGLang server's queue (worker/inflight.py) between 1 and GUARDQ_INFLIGHT_MAX, starting at GUARDQ_INFLIGHT_START.
+    worker_concurrency: int | None = Field(default=None, ge=1, le=4096)
+    inflight_max: int = Field(default=1024, ge=1, le=4096)  # thread pool size (threads start only when used)
+    inflight_start: int = Field(default=32, ge=1, le=4096)
+    inflight_period_s: float = Field(default=0.5, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0, le=100)
     retry_backoff_base_s: float = Field(default=1.0, gt=0)
     retry_backoff_max_s: float = Field(default=120.0, gt=0)
@@ -240,6 +245,17 @@ class Settings(BaseSettings):
         if base is not None and value < base:
             raise ValueError("must be >= GUARDQ_SGLANG_RESTART_BACKOFF_S")
         return value
+
+    @property
+    def inflight_adaptive(self) -> bool:
+        """Whether the worker sets its in-flight count from the server's load (SGLang, no fixed concurrency)."""
+        return self.worker_concurrency is None and self.backend == "sglang"
+
+    def max_in_flight(self) -> int:
+        """The most jobs a worker holds at once: the thread pool's size and the client pools' sizes."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return self.inflight_max if self.backend == "sglang" else LOCAL_DEFAULT_CONCURRENCY
 
     def rationale_chars(self) -> int:
         """The rationale's ``maxLength``: ``GUARDQ_RATIONALE_MAX_CHARS``, else what fits ``max_new_tokens``."""

@@ -28,11 +28,15 @@ def create_app(settings: Settings) -> Celery:
     )
     app.conf.update(
         base_conf(
-            settings, concurrency=settings.worker_concurrency, default_queue=queue_name(model, Priority.INTERACTIVE)
+            settings, concurrency=settings.max_in_flight(), default_queue=queue_name(model, Priority.INTERACTIVE)
         )
         | {"worker_consumer": "worker.malformed:GuardqConsumer"}
     )
     app.conf.guardq_queues = model_queues(model)
+    if settings.inflight_adaptive:
+        from worker.inflight_step import InflightStep
+
+        app.steps["consumer"].add(InflightStep)
     return app
 
 

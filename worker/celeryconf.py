@@ -30,6 +30,9 @@ def base_conf(settings: Settings, *, concurrency: int, default_queue: str) -> di
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # After a broker reconnect Celery would cut the prefetch count and raise it back to the pool size, step by
+        # step; the in-flight controller (worker.inflight_step) owns that number instead.
+        "worker_enable_prefetch_count_reduction": False,
         "worker_concurrency": concurrency,
         "worker_pool": "threads",
         "broker_transport_options": settings.broker_transport_options(),

@@ -150,7 +150,7 @@ def run(
     argv = [
         "worker",
         "--pool=threads",
-        f"--concurrency={settings.worker_concurrency}",
+        f"--concurrency={settings.max_in_flight()}",
         f"--queues={queues or ','.join(app.conf.guardq_queues)}",
         f"--hostname={node}",
         f"--loglevel={loglevel}",

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from schemas.keys import TASK_MODERATE
 from worker import metrics
 from worker.heartbeat import Heartbeat
+from worker.inflight_step import inflight_limit
 from worker.reconcile import ReconcileLoop, Reconciler
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
@@ -73,7 +74,7 @@ def _snapshot() -> dict[str, object]:
         "server": "up" if up else "down",
         "consuming": int(consuming),
         "queues": ",".join(services.queues),
-        "concurrency": rt.settings.worker_concurrency,
+        "concurrency": inflight_limit() or rt.settings.max_in_flight(),
         "pid": os.getpid(),
         "started_at": f"{services.started_at:.3f}",
         "metrics_url": services.metrics_url,

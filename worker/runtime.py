@@ -62,7 +62,7 @@ class Runtime:
         model = get_model(settings.model)
         client = redis.Redis.from_url(
             settings.redis_url,
-            max_connections=settings.worker_concurrency + 8,
+            max_connections=settings.max_in_flight() + 8,
             socket_timeout=30,
             socket_connect_timeout=5,
             health_check_interval=25,

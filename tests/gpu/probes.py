@@ -23,7 +23,7 @@ from schemas.settings import Settings
 from tests.gpu.run_e2e import MODEL, noise_jpeg
 from worker.image import prepare_image
 from worker.inference.base import InferenceRequest
-from worker.inference.scores import chat_rating_candidates, rating_score
+from worker.inference.scores import rating_score
 from worker.inference.sglang import SGLangBackend
 from worker.inference.tempering import classify, probe_body, spread
 

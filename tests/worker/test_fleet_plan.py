@@ -28,10 +28,11 @@ def plan_for(model: str, gpus: list[str], **settings: object):  # type: ignore[n
     return build_plan(Settings(model=spec.name, **settings), spec, host="node1", gpus=gpus)  # type: ignore[arg-type]
 
 
-def worker_line(node: str, gpu: str, port: int, metrics: int, model: str, concurrency: int = 32) -> str:
+def worker_line(node: str, gpu: str, port: int, metrics: int, model: str, concurrency: int | None = None) -> str:
+    fixed = f" --concurrency {concurrency}" if concurrency is not None else ""  # none: sized from the server's queue
     return (
         f"GUARDQ_GPU={gpu} GUARDQ_METRICS_PORT={metrics} {PY} -m worker --hostname {node}@node1 "
-        f"--sglang-url http://127.0.0.1:{port} --model {model} --concurrency {concurrency} --ready-timeout 1800"
+        f"--sglang-url http://127.0.0.1:{port} --model {model}{fixed} --ready-timeout 1800"
     )
 
 
@@ -116,7 +117,8 @@ def test_server_settings_become_launch_flags_and_size_the_worker() -> None:
         "127.0.0.1",
         "--port",
         "31000",
-        "--enable-metrics --enable-cache-report",
+        "--enable-metrics",
+        "--enable-cache-report",
         "--mem-fraction-static",
         "0.8",
         "--max-running-requests",
@@ -128,15 +130,15 @@ def test_server_settings_become_launch_flags_and_size_the_worker() -> None:
         "lpm",
     ] == slot.server.argv
     assert {"CUDA_VISIBLE_DEVICES": "3", "SGLANG_RETURN_ORIGINAL_LOGPROB": "1"} == slot.server.env
-    assert "60" == slot.worker.argv[slot.worker.argv.index("--concurrency") + 1]  # 48 running + 25% headroom
+    assert "--concurrency" not in slot.worker.argv  # the worker sizes its in-flight from the server's queue
     assert "0" == slot.worker.env["GUARDQ_METRICS_PORT"]
 
 
-def test_concurrency_comes_from_the_flag_then_the_variable_then_the_servers_batch() -> None:
+def test_a_fixed_concurrency_comes_from_the_flag_then_the_variable_else_the_worker_adapts() -> None:
     assert 7 == size_concurrency(Settings(sglang_max_running_requests=100), 7)
     assert 12 == size_concurrency(Settings(worker_concurrency=12, sglang_max_running_requests=100))
-    assert 125 == size_concurrency(Settings(sglang_max_running_requests=100))
-    assert 32 == size_concurrency(Settings())
+    assert size_concurrency(Settings(sglang_max_running_requests=100)) is None
+    assert size_concurrency(Settings()) is None
 
 
 def test_a_tp_override_changes_the_grouping() -> None:

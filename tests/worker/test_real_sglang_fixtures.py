@@ -76,7 +76,7 @@ def test_the_tempering_probe_classifies_the_real_server_as_tempered() -> None:
 def test_the_first_runs_tempered_gap_shrinks_back_to_the_untempered_one() -> None:
     """contract-tiny: one prompt's first-token gap was 5.65 at T=0.2 and 1.19 at T=1.0; times T they agree."""
     contract = fixture("contract-tiny.json")
-    first = {t: dict((c[0], c[1]) for c in contract[f"temperature_{t}"]["first_logprobs"][0]["top"]) for t in ("0.2", "1.0")}
+    first = {t: {c[0]: c[1] for c in contract[f"temperature_{t}"]["first_logprobs"][0]["top"]} for t in ("0.2", "1.0")}
     gap_02 = first["0.2"]["{"] - first["0.2"]['{"']
     gap_10 = first["1.0"]["{"] - first["1.0"]['{"']
     assert pytest.approx(gap_10, abs=0.02) == 0.2 * gap_02

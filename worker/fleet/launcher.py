@@ -8,7 +8,6 @@ workers to servers someone else runs (no server command).
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -17,8 +16,6 @@ from schemas.keys import model_queues
 from schemas.models import ModelSpec
 from schemas.settings import Settings
 from worker.fleet.gpus import group_gpus
-
-HEADROOM = 1.25  # jobs in flight per server slot: its running batch plus jobs busy fetching/preparing/publishing
 
 
 @dataclass(frozen=True)
@@ -74,15 +71,12 @@ class FleetPlan:
         return "\n".join(lines) + "\n"
 
 
-def size_concurrency(settings: Settings, explicit: int | None = None) -> int:
-    """Jobs in flight per worker: ``--concurrency``, else ``GUARDQ_WORKER_CONCURRENCY`` if set, else enough to fill
-    the server's ``--max-running-requests`` batch with headroom for the CPU stages, else the default."""
+def size_concurrency(settings: Settings, explicit: int | None = None) -> int | None:
+    """A fixed number of jobs in flight per worker (``--concurrency``, else ``GUARDQ_WORKER_CONCURRENCY``), or None:
+    each worker then sets it from its server's queue (``worker.inflight``), which also covers
+    ``--max-running-requests`` and whatever KV memory allows."""
     if explicit is not None:
         return explicit
-    if "worker_concurrency" in settings.model_fields_set:
-        return settings.worker_concurrency
-    if settings.sglang_max_running_requests:
-        return min(1024, math.ceil(settings.sglang_max_running_requests * HEADROOM))
     return settings.worker_concurrency
 
 
@@ -116,7 +110,14 @@ def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tup
 
 
 def worker_command(
-    settings: Settings, model: ModelSpec, *, node: str, url: str, concurrency: int, gpus: tuple[str, ...], metrics: int
+    settings: Settings,
+    model: ModelSpec,
+    *,
+    node: str,
+    url: str,
+    concurrency: int | None,
+    gpus: tuple[str, ...],
+    metrics: int,
 ) -> Command:
     """``python -m worker --hostname gpu0@host --sglang-url URL ...`` with its GPU label and metrics port."""
     argv = [
@@ -129,8 +130,7 @@ def worker_command(
         url,
         "--model",
         model.name,
-        "--concurrency",
-        str(concurrency),
+        *(["--concurrency", str(concurrency)] if concurrency is not None else []),
         "--ready-timeout",
         f"{settings.sglang_ready_timeout_s:g}",
     ]

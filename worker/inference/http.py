@@ -12,7 +12,6 @@ from typing import Any
 import httpcore
 import orjson
 
-
 # SGLang's uvicorn closes a keep-alive connection after 5 s idle (SGLANG_TIMEOUT_KEEP_ALIVE); a pooled connection
 # reused just as the server closes it fails with "connection reset" (seen on the real server: a job retry for
 # nothing). Dropping idle connections well before that never reuses one the server is about to close.

@@ -97,9 +97,9 @@ def _verdict(
 ) -> Verdict:
     try:
         return Verdict(
-            rating=payload.get("rating"),  # type: ignore[arg-type]
-            category=payload.get("category"),  # type: ignore[arg-type]
-            rationale=payload.get("rationale"),  # type: ignore[arg-type]
+            rating=payload.get("rating"),
+            category=payload.get("category"),
+            rationale=payload.get("rationale"),
             unsafe_score=unsafe_score,
             score_method=score_method if unsafe_score is not None else None,
             rationale_truncated=True if truncated else None,

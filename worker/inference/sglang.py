@@ -15,6 +15,7 @@ with the same ``rid`` in flight at once get a 400 "Duplicate request ID", so eve
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Any
 
 import httpcore
@@ -27,9 +28,11 @@ from schemas.settings import Settings
 from schemas.verdict import ScoreMethod, verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.http import TRANSPORT_ERRORS, HttpClient
+from worker.inference.loads import loads_from_json, loads_from_metrics
 from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
 from worker.inference.scores import chat_rating_candidates, rating_score, response_candidates
 from worker.inference.tempering import LogprobKindCache
+from worker.inflight import ServerLoad
 
 log = structlog.get_logger(__name__)
 rating_candidates = chat_rating_candidates  # the chat-shape locator, kept under its original name
@@ -47,11 +50,19 @@ class SGLangBackend:
             headers=headers,
             timeout_s=settings.sglang_timeout_s,
             connect_timeout_s=settings.sglang_connect_timeout_s,
-            max_connections=settings.worker_concurrency + 4,
+            max_connections=settings.max_in_flight() + 4,
         )
         self._info: ModelInfo | None = None
         self._logprobs = LogprobKindCache(settings.sglang_logprobs, self._probe_post)
         self._has_ready: bool | None = None  # whether the server has /ready (learned from its first answer)
+        self._load_paths_missing: set[str] = set()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests this process has at the server right now (the in-flight controller's view of its own share)."""
+        return self._in_flight
 
     @property
     def base_url(self) -> str:
@@ -110,6 +121,15 @@ class SGLangBackend:
         raise AssertionError("unreachable")
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            return self._send(body)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = self._http.post_json("/v1/chat/completions", body)
         except httpcore.TimeoutException as exc:
@@ -238,6 +258,25 @@ class SGLangBackend:
         except TRANSPORT_ERRORS:
             return False
         return response.status == 200
+
+    def load(self) -> ServerLoad | None:
+        """The server's scheduler load: ``/v1/loads`` (0.5.17, always on), else ``/metrics`` (``--enable-metrics``).
+
+        None when neither answers with numbers (an older server, a router, a server not up): the in-flight
+        controller then keeps its limit.
+        """
+        for path in [p for p in ("/v1/loads", "/metrics") if p not in self._load_paths_missing]:
+            try:
+                response = self._http.get(path, timeout_s=2.0)
+            except TRANSPORT_ERRORS:
+                return None
+            if response.status == 404:
+                self._load_paths_missing.add(path)
+                continue
+            if response.status != 200:
+                return None
+            return loads_from_json(response.body) if path == "/v1/loads" else loads_from_metrics(response.text)
+        return None
 
     def live(self, timeout_s: float = 5.0) -> bool:
         """True when ``/health`` answers 200 (the liveness probe; 0.5.x runs a one-token generate behind it)."""

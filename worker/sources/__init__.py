@@ -19,7 +19,7 @@ class ImageSource:
     def __init__(self, settings: Settings, *, s3_client: Any | None = None) -> None:
         self._settings = settings
         self._s3 = S3Fetcher(
-            s3_client or make_s3_client(settings, max_pool=settings.worker_concurrency + 4),
+            s3_client or make_s3_client(settings, max_pool=settings.max_in_flight() + 4),
             max_bytes=settings.max_image_bytes,
         )
         self._http = HttpFetcher(
@@ -28,7 +28,7 @@ class ImageSource:
             timeout_s=settings.fetch_timeout_s,
             connect_timeout_s=settings.fetch_connect_timeout_s,
             max_redirects=settings.url_max_redirects,
-            max_connections=settings.worker_concurrency + 4,
+            max_connections=settings.max_in_flight() + 4,
         )
 
     def close(self) -> None:

@@ -1,0 +1,154 @@
+"""The in-flight controller: grows while the server's queue is empty and jobs wait, shrinks when it queues deep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker.inference.loads import loads_from_json, loads_from_metrics
+from worker.inflight import Band, InflightController, PrefetchLimit, ServerLoad
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sglang-0.5.17"
+
+
+class Server:
+    """A batching server: ``capacity`` run at once, the rest of what the worker holds waits in its queue."""
+
+    def __init__(self, capacity: int, others: int = 0) -> None:
+        self.capacity = capacity
+        self.others = others  # requests other workers keep at the same server
+        self.held = 0
+
+    def load(self) -> ServerLoad:
+        total = self.held + self.others
+        return ServerLoad(running=min(total, self.capacity), waiting=max(0, total - self.capacity))
+
+
+def controller(server: Server, *, start: int = 32, backlog: int = 1000, ceiling: int = 1024) -> InflightController:
+    applied: list[int] = []
+
+    def apply(limit: int) -> None:
+        applied.append(limit)
+        server.held = limit  # jobs wait in Redis: the worker holds as many as it may
+
+    ctl = InflightController(
+        start=start,
+        floor=1,
+        ceiling=ceiling,
+        read_load=server.load,
+        backlog=lambda: backlog,
+        holding=lambda: server.held,
+        at_server=lambda: server.held,
+        apply=apply,
+    )
+    server.held = ctl.limit
+    return ctl
+
+
+def run(ctl: InflightController, steps: int) -> list[int]:
+    limits = []
+    for _ in range(steps):
+        for _ in range(3):
+            ctl.sample()
+        limits.append(ctl.decide())
+    return limits
+
+
+def test_a_server_that_runs_512_at_once_is_filled_in_seven_steps_and_kept_with_a_small_queue() -> None:
+    server = Server(512)
+    limits = run(controller(server), 12)
+    assert limits[6] >= 512
+    assert 512 + Band().queue_low <= server.held <= 512 + Band().high(512) + 1
+    assert server.load().waiting > 0  # never an empty queue at the server while jobs wait
+
+
+def test_a_small_server_is_not_flooded_past_the_band() -> None:
+    server = Server(8)
+    run(controller(server), 10)
+    assert 8 + 2 <= server.held <= 8 + Band().high(8)
+
+
+def test_no_growth_without_jobs_waiting_in_redis() -> None:
+    server = Server(512)
+    assert [32] * 5 == run(controller(server, backlog=0), 5)
+
+
+def test_the_ceiling_bounds_the_limit() -> None:
+    server = Server(4096)
+    assert max(run(controller(server, ceiling=200), 20)) == 200
+
+
+def test_two_workers_on_one_server_settle_together_in_the_band() -> None:
+    """Each sees the other's requests in the server's queue; together they fill it, neither floods it."""
+    capacity = 128
+    a_server, b_server = Server(capacity), Server(capacity)
+    a, b = controller(a_server), controller(b_server)
+    for _ in range(30):
+        a_server.others, b_server.others = b_server.held, a_server.held
+        run(a, 1)
+        a_server.others, b_server.others = b_server.held, a_server.held
+        run(b, 1)
+    total = a_server.held + b_server.held
+    assert capacity + 2 <= total <= capacity + Band().high(capacity) + 2
+
+
+def test_no_growth_when_the_workers_own_cpu_stages_hold_the_jobs() -> None:
+    """The server is short of work but most held jobs are still fetching/decoding here: more would not help."""
+    server = Server(512)
+    ctl = controller(server)
+    ctl._at_server = lambda: server.held // 2  # half of what it holds has not reached the server
+    assert [32] * 4 == run(ctl, 4)
+
+
+def test_a_deep_queue_is_cut_once_not_again_while_the_cut_is_still_draining() -> None:
+    server = Server(128)
+    ctl = controller(server, start=600)
+    holding = {"n": 600}
+    ctl._holding = lambda: holding["n"]  # the server still has the 600: nothing finished yet
+    first = run(ctl, 1)[0]
+    assert 300 <= first < 600
+    assert [first] * 3 == run(ctl, 3)  # no second cut until the worker holds no more than its limit
+    holding["n"] = first
+    assert run(ctl, 1)[0] < first
+
+
+def test_without_a_load_signal_the_limit_stays_where_it_started() -> None:
+    ctl = InflightController(
+        start=32, floor=1, ceiling=1024, read_load=lambda: None, backlog=lambda: 10, holding=lambda: 32,
+        at_server=lambda: 32, apply=lambda _: None,
+    )
+    assert [32, 32, 32] == run(ctl, 3)
+
+
+def test_the_real_servers_loads_and_metrics_parse() -> None:
+    load = loads_from_json((FIXTURES / "v1_loads.json").read_bytes())
+    assert ServerLoad(running=0, waiting=0, max_running=4096) == load
+    text = (
+        'sglang:num_running_reqs{engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"} 81.0\n'
+        'sglang:num_queue_reqs{engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="0"} 7.0\n'
+        'sglang:num_running_reqs{engine_type="unified",model_name="m",moe_ep_rank="0",pp_rank="0",tp_rank="1"} 81.0\n'
+    )
+    assert ServerLoad(running=81, waiting=7) == loads_from_metrics(text)
+    assert loads_from_metrics("# nothing here\n") is None
+
+
+class FakeQoS:
+    """kombu's QoS surface the limit uses: a value, a mutex, update()."""
+
+    def __init__(self, value: int) -> None:
+        import threading
+
+        self.value = value
+        self._mutex = threading.RLock()
+        self.sent: list[int] = []
+
+    def update(self) -> None:
+        self.sent.append(self.value)
+
+
+def test_the_prefetch_limit_starts_at_the_controllers_limit_and_moves_by_deltas() -> None:
+    qos = FakeQoS(1024)  # Celery's initial value: the pool size
+    limit = PrefetchLimit(qos, 32)
+    assert ([32], 32) == (qos.sent, qos.value)
+    qos.value += 1  # Celery counts an ETA task it holds
+    limit(48)
+    assert 49 == qos.value  # the controller's change and Celery's own both kept

@@ -1,0 +1,177 @@
+"""How many jobs a worker holds at once, set from its inference server's own load: no number to tune.
+
+A fixed in-flight count is wrong somewhere: on the H200 with the 7B shape, 32 in flight left 10-14 % of the GPU
+idle, and a server that runs 512 at once needs more than 512. What saturates a continuously batching server is a
+small queue at the server whenever jobs wait (the running batch is then as full as memory allows), and what keeps
+interactive latency bounded is that this queue stays small. So the controller reads the server's queue and
+adjusts the one number Celery has for it, the consumer's prefetch count (QoS): messages beyond it stay in Redis,
+where other workers can take them (no hoarding).
+
+Every ``period_s`` (``GUARDQ_INFLIGHT_PERIOD_S``) it samples the server (``/v1/loads``: running and waiting
+requests; ``/metrics`` of a server with ``--enable-metrics`` as fallback) and, while jobs wait in Redis:
+
+- the queue stayed below ``queue_low`` over the window, the worker uses its whole allowance and most of it is at
+  the server (not in its own CPU stages: more would not help then) → grow by half (from 32 to 512 in seven steps);
+- the queue stayed above ``queue_high`` (``max(8, running / 8)``) → shrink by the excess, at most by half, and
+  only once the previous cut has taken effect;
+- otherwise hold. Several workers on one server each see the same queue, so together they settle in the band; a
+  router in front that reports no load leaves the limit where it started.
+
+The limit lives between ``floor`` and the thread pool's size (``GUARDQ_WORKER_CONCURRENCY``, the ceiling).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("guardq.inflight")
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """One sample of an inference server's scheduler (summed over its data-parallel ranks)."""
+
+    running: int
+    waiting: int
+    max_running: int | None = None
+
+
+@dataclass(frozen=True)
+class Band:
+    """The server queue the controller aims for."""
+
+    queue_low: int = 2
+    queue_high_min: int = 8
+    queue_high_share: float = 0.125  # of the running batch
+
+    def high(self, running: int) -> int:
+        return max(self.queue_high_min, int(running * self.queue_high_share))
+
+
+class InflightController:
+    """Decides the limit; ``apply`` hands each new limit to whoever enforces it (the consumer's QoS)."""
+
+    def __init__(
+        self,
+        *,
+        start: int,
+        floor: int,
+        ceiling: int,
+        read_load: Callable[[], ServerLoad | None],
+        backlog: Callable[[], int],
+        holding: Callable[[], int],
+        at_server: Callable[[], int],
+        apply: Callable[[int], None],
+        band: Band | None = None,
+        window: int = 3,
+    ) -> None:
+        self.floor = max(1, floor)
+        self.ceiling = max(self.floor, ceiling)
+        self.limit = min(self.ceiling, max(self.floor, start))
+        self._read_load = read_load
+        self._backlog = backlog
+        self._holding = holding
+        self._at_server = at_server
+        self.apply = apply  # replaced when the consumer restarts (a new QoS object after a broker reconnect)
+        self._band = band or Band()
+        self._samples: deque[ServerLoad] = deque(maxlen=window)
+        self.last_load: ServerLoad | None = None
+
+    def sample(self) -> None:
+        """Record one load sample (called a few times per decision, so a momentary dip is not a trend)."""
+        load = self._read_load()
+        if load is not None:
+            self._samples.append(load)
+            self.last_load = load
+
+    def decide(self) -> int:
+        """One control step from the samples since the last one; returns the (possibly new) limit."""
+        samples = list(self._samples)
+        self._samples.clear()
+        if not samples:
+            return self.limit  # no load signal (a router, an older server): keep the limit
+        running = max(s.running for s in samples)
+        peak_queue, least_queue = max(s.waiting for s in samples), min(s.waiting for s in samples)
+        high = self._band.high(running)
+        holding = self._holding()
+        new = self.limit
+        if least_queue > high:
+            # Too deep: give back the excess, at most half, and only once the last cut has taken effect (the jobs
+            # already at the server stay there until they finish; cutting again for them would starve it).
+            if holding <= self.limit:
+                new = max(self.limit // 2, self.limit - (least_queue - high))
+        elif (
+            peak_queue < self._band.queue_low
+            and self._backlog() > 0
+            and holding >= self.limit - 1
+            # Grow only if the limit is what keeps the server short: most of what the worker holds must be at the
+            # server, not stuck in its own CPU stages (more would not help then).
+            and self._at_server() >= 0.75 * self.limit
+        ):
+            new = self.limit + max(1, self.limit // 2)
+        new = min(self.ceiling, max(self.floor, new))
+        if new != self.limit:
+            log.debug("inflight_limit", limit=new, previous=self.limit, running=running, queue=[least_queue, peak_queue])
+            self.limit = new
+            self.apply(new)
+        return self.limit
+
+
+class ControlLoop:
+    """Runs the controller on a daemon thread: ``samples_per_step`` samples per ``period_s`` decision."""
+
+    def __init__(self, controller: InflightController, *, period_s: float, samples_per_step: int = 3) -> None:
+        self.controller = controller
+        self._period = period_s
+        self._samples = max(1, samples_per_step)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="guardq-inflight", daemon=True)
+
+    def start(self) -> ControlLoop:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        tick = self._period / self._samples
+        while not self._stop.is_set():
+            for _ in range(self._samples):
+                try:
+                    self.controller.sample()
+                except Exception as exc:  # a probe failure must never stop the control loop
+                    log.debug("inflight_sample_failed", error=repr(exc))
+                if self._stop.wait(tick):
+                    return
+            try:
+                self.controller.decide()
+            except Exception as exc:
+                log.warning("inflight_step_failed", error=repr(exc))
+
+
+class PrefetchLimit:
+    """Celery's consumer QoS as the enforcement point: the prefetch count is the jobs the worker holds at once.
+
+    Celery itself moves the same value (ETA tasks add one while they wait), so changes are applied as deltas
+    under the QoS mutex; the consumer loop sends ``basic_qos`` when it sees the value changed.
+    """
+
+    def __init__(self, qos: Any, initial: int) -> None:
+        self._qos = qos
+        self._current = initial
+        with qos._mutex:
+            qos.value = max(1, initial)
+            qos.update()
+
+    def __call__(self, limit: int) -> None:
+        with self._qos._mutex:
+            delta = limit - self._current
+            self._qos.value = max(1, self._qos.value + delta)
+            self._current = limit
