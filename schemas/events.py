@@ -83,6 +83,9 @@ class EventData(BaseModel):
     needs_review: bool = False
     cached: bool = False
     verdict_only: bool = False
+    # The policy's rationale mode that produced this verdict: "always" (one pass), "flagged" (verdict first, the
+    # rationale continued from it only for flagged verdicts: absent otherwise), "never".
+    rationale_mode: Literal["always", "flagged", "never"] | None = None
     policy: PolicyInfo | None = None
     model: ModelInfo | None = None
     timings: Timings = Field(default_factory=Timings)

@@ -9,7 +9,7 @@ the image goes first as its own message part. Categories are never removed; the 
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +40,9 @@ def parse_policy_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+RationaleMode = Literal["always", "flagged", "never"]
+
+
 class Policy(BaseModel):
     """A safety policy: a name, an immutable version and per-category declarations.
 
@@ -55,6 +58,14 @@ class Policy(BaseModel):
     declarations: dict[str, Declaration] = Field(default_factory=dict)
     unsafe_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     verdict_only: bool = False
+    # When the model writes a rationale: "always" (one pass, the trained output), "flagged" (the verdict first,
+    # then, for Unsafe verdicts and Safe ones at or above unsafe_threshold, the rationale continued from exactly
+    # that verdict text), "never" (verdict only; what verdict_only=true means).
+    rationale: RationaleMode = "always"
+
+    @property
+    def rationale_mode(self) -> RationaleMode:
+        return "never" if self.verdict_only else self.rationale
 
     @field_validator("declarations")
     @classmethod

@@ -49,9 +49,12 @@ class CacheKey:
     with_rationale: bool = True
     want_score: bool = False
     simulated: bool = False
+    flagged_only: bool = False  # rationale: flagged, at threshold flagged_at (decides which verdicts get one)
+    flagged_at: float | None = None
 
     def redis_key(self) -> str:
-        variant = f"r{int(self.with_rationale)}s{int(self.want_score)}" + ("-sim" if self.simulated else "")
+        rationale = f"f{self.flagged_at or ''}" if self.flagged_only else str(int(self.with_rationale))
+        variant = f"r{rationale}s{int(self.want_score)}" + ("-sim" if self.simulated else "")
         return verdict_cache_key(self.model_slug, self.policy_sha256, self.image_sha256, variant)
 
 

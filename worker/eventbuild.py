@@ -37,6 +37,7 @@ def completed_event(
     needs_review: bool = False,
     cached: bool = False,
     verdict_only: bool = False,
+    rationale_mode: str | None = None,
 ) -> CloudEvent:
     data = EventData(
         job_id=job.job_id,
@@ -47,6 +48,7 @@ def completed_event(
         needs_review=needs_review,
         cached=cached,
         verdict_only=verdict_only,
+        rationale_mode=rationale_mode,
         policy=policy,
         model=model,
         timings=timings,

@@ -117,7 +117,9 @@ class InflightController:
             new = self.limit + max(1, self.limit // 2)
         new = min(self.ceiling, max(self.floor, new))
         if new != self.limit:
-            log.debug("inflight_limit", limit=new, previous=self.limit, running=running, queue=[least_queue, peak_queue])
+            log.debug(
+                "inflight_limit", limit=new, previous=self.limit, running=running, queue=[least_queue, peak_queue]
+            )
             self.limit = new
             self.apply(new)
         return self.limit

@@ -97,14 +97,17 @@ class Moderator:
         sha256 = hashlib.sha256(data).hexdigest()
         progress.image = ImageFacts(uri=uri, sha256=sha256, bytes=len(data))
 
+        mode = policy.rationale_mode
         want_score = policy.unsafe_threshold is not None or self._settings.scores
         key = CacheKey(
             self._model.slug,
             progress.policy.sha256,
             sha256,
-            not policy.verdict_only,
+            mode != "never",
             want_score,
             progress.model.simulated,
+            flagged_at=policy.unsafe_threshold if mode == "flagged" else None,
+            flagged_only=mode == "flagged",
         )
 
         def decode_and_infer() -> CachedOutcome:
@@ -122,8 +125,10 @@ class Moderator:
                 image=prepared,
                 policy_text=policy_text,
                 rid=f"{job.job_id}.{attempt}",
-                with_rationale=not policy.verdict_only,
+                with_rationale=mode != "never",
                 want_score=want_score,
+                flagged_only=mode == "flagged",
+                unsafe_threshold=policy.unsafe_threshold,
             )
             return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
 
@@ -151,6 +156,7 @@ class Moderator:
             model=progress.model,
             timings=progress.timings,
             needs_review=needs_review,
-            verdict_only=policy.verdict_only,
+            verdict_only=mode == "never",
+            rationale_mode=mode,
             cached=cached,
         )

@@ -13,7 +13,7 @@ were not trained on it); the store logs the same warning once when the version i
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +51,11 @@ class PolicyCreate(BaseModel):
     sensitive: list[str] = Field(default_factory=list)
     unsafe_threshold: float | None = None
     verdict_only: bool = False
+    rationale: Literal["always", "flagged", "never"] = Field(
+        default="always",
+        description="always: one pass; flagged: verdict first, rationale only for Unsafe or Safe at/above "
+        "unsafe_threshold; never: verdict only",
+    )
 
 
 class TenantDefault(BaseModel):
@@ -93,6 +98,7 @@ def create_policy(body: PolicyCreate, who: PrincipalDep, svc: ServicesDep, respo
             sensitive=body.sensitive,
             unsafe_threshold=body.unsafe_threshold,
             verdict_only=body.verdict_only,
+            rationale=body.rationale,
         )
         result = svc.policies.create(candidate)
     except GuardqError as exc:

@@ -80,6 +80,14 @@ def create(
     verdict_only: Annotated[
         bool, typer.Option("--verdict-only", help="Ask only for rating and category (no rationale): faster.")
     ] = False,
+    rationale: Annotated[
+        str,
+        typer.Option(
+            "--rationale",
+            help="always (one pass) | flagged (verdict first; rationale only for Unsafe, or Safe at or above "
+            "--unsafe-threshold) | never",
+        ),
+    ] = "always",
 ) -> None:
     """Store a new version of NAME (an identical definition keeps the current version) and print it as JSON."""
     try:
@@ -90,6 +98,7 @@ def create(
             sensitive=sensitive or [],
             unsafe_threshold=unsafe_threshold,
             verdict_only=verdict_only,
+            rationale=rationale,
         )
         result = _store().create(candidate)
     except GuardqError as exc:
@@ -112,7 +121,7 @@ def list_(
         for stored in policies:
             typer.echo(json.dumps(_describe(stored, spec)))
         return
-    table = Table("name", "latest", "prompt", "declarations", "threshold", "verdict-only", "default for")
+    table = Table("name", "latest", "prompt", "declarations", "threshold", "rationale", "default for")
     for stored in policies:
         p = stored.policy
         tenants = sorted(t for t, ref in defaults.items() if parse_policy_ref(ref)[0] == p.name)
@@ -122,7 +131,7 @@ def list_(
             p.prompt_version.value if p.prompt_version else "model's",
             _declarations(p),
             "" if p.unsafe_threshold is None else f"{p.unsafe_threshold:g}",
-            "yes" if p.verdict_only else "",
+            p.rationale_mode,
             ", ".join(tenants),
         )
     Console().print(table)

@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="fixed seconds per request")
     parser.add_argument("--per-token", type=float, default=0.0, help="seconds per output token")
     parser.add_argument("--max-running", type=int, default=0, help="concurrent requests served (0 = unbounded)")
+    parser.add_argument("--enable-cache-report", action="store_true", help="like SGLang: cached_tokens in usage")
     parser.add_argument("--health-s", type=float, default=0.0, help="seconds /health takes (a real one: >= 1)")
     args, _unknown = parser.parse_known_args()  # tolerate sglang.launch_server flags from the fleet launcher
     sim = SimulatedSGLang(
@@ -33,6 +34,7 @@ def main() -> None:
         per_token_s=args.per_token,
         max_running=args.max_running or None,
         health_s=args.health_s,
+        cache_report=args.enable_cache_report,
         # like the real server: untempered logprobs only when its environment says so
         original_logprob=os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in {"1", "true"},
     ).start()

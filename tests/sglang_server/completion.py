@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,12 +35,19 @@ class Style:
     rationale_chars: int | None
     control_chars: bool
     original_logprob: bool
+    seed: int = 0  # per image: the same image gets the same rambling rationale (temperature-0 determinism)
+    cached_tokens: int | None = None  # what the radix cache held of this prompt (with --enable-cache-report)
+
+
+TEMPLATE_TOKENS = 59  # the chat template's system prompt and "USER: ": shared by every request (real: 59 cached)
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
+    """Template + image + policy text, plus an assistant prefix being continued."""
     parts = body["messages"][0]["content"]
     text = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
-    return IMAGE_TOKENS + len(tokenize(text))
+    prefix = _assistant_prefix(body) or ""
+    return TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(text)) + len(tokenize(prefix))
 
 
 def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -56,6 +62,9 @@ def build(body: dict[str, Any], decision: Decision, style: Style, fault: dict[st
     top_n = int(body.get("top_logprobs") or 0)
     max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 128)
     schema = _schema(body)
+    prefix = _assistant_prefix(body)
+    if prefix is not None and schema is not None and schema.get("type") == "string":
+        return _continue_rationale(body, decision, style, prefix, schema, max_tokens)
     if schema is None:
         token, lp = protocol.free_logprobs(temperature, style.original_logprob, top_n)
         finish = "length" if max_tokens <= 1 else "stop"
@@ -66,9 +75,7 @@ def build(body: dict[str, Any], decision: Decision, style: Style, fault: dict[st
     if "rationale" in props:
         limit = int(props["rationale"].get("maxLength") or protocol.RATIONALE_HARD_MAX)
         if style.rationale_chars is not None:
-            rationale = protocol.ramble(
-                zlib.crc32(str(body.get("rid")).encode()), style.rationale_chars, control_chars=style.control_chars
-            )
+            rationale = protocol.ramble(style.seed, style.rationale_chars, control_chars=style.control_chars)
         else:
             rationale = decision.rationale
         rationale = rationale[:limit]  # the grammar closes the string at maxLength
@@ -103,11 +110,42 @@ def build(body: dict[str, Any], decision: Decision, style: Style, fault: dict[st
             rating=rating, top_n=top_n,
         )
     completion = len(token_list) + (0 if finish == "length" else 1)
-    return _payload(body, text, logprobs, finish, completion), completion
+    return _payload(body, text, logprobs, finish, completion, style.cached_tokens), completion
+
+
+def _assistant_prefix(body: dict[str, Any]) -> str | None:
+    """The assistant message a ``continue_final_message`` request continues from."""
+    messages = body.get("messages") or []
+    if body.get("continue_final_message") and len(messages) > 1 and messages[-1].get("role") == "assistant":
+        return str(messages[-1].get("content") or "")
+    return None
+
+
+def _continue_rationale(
+    body: dict[str, Any], decision: Decision, style: Style, prefix: str, schema: dict[str, Any], max_tokens: int
+) -> tuple[dict[str, Any], int]:
+    """The rationale string after ``..."rationale": `` (what one pass would have written there), as a JSON string."""
+    limit = int(schema.get("maxLength") or protocol.RATIONALE_HARD_MAX)
+    if style.rationale_chars is not None:
+        rationale = protocol.ramble(style.seed, style.rationale_chars, control_chars=style.control_chars)
+    else:
+        rationale = decision.rationale
+    content = protocol.json_string(rationale[:limit])
+    token_list = tokenize(content)
+    finish = "stop"
+    if len(token_list) + 1 > max_tokens:
+        token_list, finish = token_list[:max_tokens], "length"
+    completion = len(token_list) + (0 if finish == "length" else 1)
+    return _payload(body, "".join(token_list), None, finish, completion, style.cached_tokens), completion
 
 
 def _payload(
-    body: dict[str, Any], content: str, logprobs: dict[str, Any] | None, finish: str, completion: int
+    body: dict[str, Any],
+    content: str,
+    logprobs: dict[str, Any] | None,
+    finish: str,
+    completion: int,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
     prompt = prompt_tokens(body)
     return {
@@ -128,7 +166,7 @@ def _payload(
             "prompt_tokens": prompt,
             "total_tokens": prompt + completion,
             "completion_tokens": completion,
-            "prompt_tokens_details": None,
+            "prompt_tokens_details": None if cached_tokens is None else {"cached_tokens": min(cached_tokens, prompt)},
             "reasoning_tokens": 0,
         },
     }

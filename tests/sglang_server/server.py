@@ -17,12 +17,13 @@ it; its model_info says ``"guardq_simulated": true`` so every event produced thr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -32,6 +33,7 @@ from PIL import Image, ImageStat
 from tests.sglang_server import observability
 from tests.sglang_server.completion import Decision, Style, build, prompt_tokens
 from tests.sglang_server.protocol import check_request, summary
+from tests.sglang_server.protocol import tokens as tokenize
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
 
@@ -74,6 +76,7 @@ class Behaviour:
     rationale_chars: int | None = None  # a rambling (random-weight) model: rationales this long, cut by maxLength
     control_chars: bool = False  # raw control characters in rambling rationales, as xgrammar let through
     health_s: float = 0.0  # a real /health waits at least 1 s for the scheduler; tests keep it instant by default
+    cache_report: bool = False  # --enable-cache-report: usage.prompt_tokens_details.cached_tokens in responses
     max_total_tokens: int = 215_000  # the KV pool (what token_usage is a fraction of); ~ the H200's at 0.85
 
 
@@ -97,6 +100,7 @@ class SimulatedSGLang:
         self.peak_waiting = 0
         self.tokens_in_use = 0
         self.in_flight_rids: set[str] = set()
+        self.radix: OrderedDict[str, int] = OrderedDict()  # prompt prefixes seen (image + policy) → their tokens
         self._slots: threading.BoundedSemaphore | None = None
         handler = type("Handler", (_Handler,), {"sim": self})
         self.httpd = _Server((host, port), handler)
@@ -147,6 +151,21 @@ class SimulatedSGLang:
             self.requests.clear()
             self.peak_running = 0
             self.peak_waiting = 0
+
+    def remember_prefix(self, key: str, body: dict[str, Any]) -> int:
+        """Like SGLang's radix cache: tokens of this prompt already computed (the shared template at least)."""
+        from tests.sglang_server.completion import IMAGE_TOKENS, TEMPLATE_TOKENS
+
+        parts = body["messages"][0]["content"]
+        policy = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
+        shared = TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(policy))
+        with self.lock:
+            hit = key in self.radix
+            self.radix[key] = shared
+            self.radix.move_to_end(key)
+            while len(self.radix) > 4096:
+                self.radix.popitem(last=False)
+        return shared if hit else TEMPLATE_TOKENS
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """Moderation requests (those with a response format), in arrival order."""
@@ -330,9 +349,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, body: dict[str, Any], image: Image.Image, fault: dict[str, Any]) -> None:
         rating, category, rationale, p_unsafe = self.sim.decide(image)
+        fingerprint = hashlib.sha1(image.tobytes()).hexdigest()
+        text = str(body["messages"][0]["content"][-1].get("text") or "")
+        cached = self.sim.remember_prefix(f"{fingerprint}:{hashlib.sha1(text.encode()).hexdigest()}", body)
         with self.sim.lock:
             b = self.sim.behaviour
-            style = Style(b.layout, b.rationale_chars, b.control_chars, b.original_logprob)
+            style = Style(
+                b.layout,
+                b.rationale_chars,
+                b.control_chars,
+                b.original_logprob,
+                seed=int(fingerprint[:8], 16),
+                cached_tokens=cached if b.cache_report else None,
+            )
         payload, generated = build(body, Decision(rating, category, rationale, p_unsafe), style, fault)
         self._serve_time(generated, prompt_tokens(body))
         self._send(200, payload)

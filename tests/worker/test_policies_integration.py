@@ -116,3 +116,22 @@ def test_verdict_only_asks_for_a_schema_without_rationale(runner: Runner, sim: S
     assert ["rating", "category"] == list(request["body"]["response_format"]["json_schema"]["schema"]["properties"])
     assert event.data.verdict is not None
     assert (True, None, "Safe") == (event.data.verdict_only, event.data.verdict.rationale, event.data.verdict.rating)
+
+
+def test_a_flagged_rationale_policy_explains_unsafe_and_borderline_verdicts_only(
+    runner: Runner, sim: SimulatedSGLang, s3_client: Any
+) -> None:
+    """rationale: flagged — one verdict-only request for a clear Safe, a continuation for Unsafe and borderline."""
+    borderline(sim)
+    sim.configure(rules=[*sim.behaviour.rules, Rule((220, 30, 30), "Unsafe", "O2: Violence, Harm, or Cruelty", "Red.")])
+    policy = Policy(name="flag", rationale="flagged", unsafe_threshold=0.35)
+    jobs = {
+        name: ModerationJob(image=ImageRef.parse(put(s3_client, images.solid(color))), policy=policy)
+        for name, color in (("clear", (40, 120, 200)), ("borderline", BORDERLINE), ("unsafe", (220, 30, 30)))
+    }
+    events = runner.run(*jobs.values())
+    verdicts = {name: events[job.job_id].data.verdict for name, job in jobs.items()}
+    assert all(events[j.job_id].data.rationale_mode == "flagged" for j in jobs.values())
+    assert (None, "Looks fine (simulated).", "Red.") == tuple(v.rationale for v in verdicts.values() if v)
+    per_job = {name: sum(1 for r in sim.chat_requests() if str(r["rid"]).startswith(j.job_id)) for name, j in jobs.items()}
+    assert {"clear": 1, "borderline": 2, "unsafe": 2} == per_job

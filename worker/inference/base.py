@@ -12,13 +12,29 @@ from worker.image import PreparedImage
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One image under one policy text; ``rid`` identifies the request on the server (for aborts and logs)."""
+    """One image under one policy text; ``rid`` identifies the request on the server (for aborts and logs).
+
+    ``flagged_only`` (a policy's ``rationale: flagged``): generate the verdict first and the rationale only for an
+    Unsafe verdict or a Safe one whose P(Unsafe) reaches ``unsafe_threshold``, continued from the verdict text.
+    """
 
     image: PreparedImage
     policy_text: str
     rid: str
     with_rationale: bool = True
     want_score: bool = False
+    flagged_only: bool = False
+    unsafe_threshold: float | None = None
+
+    def flagged(self, verdict: Verdict) -> bool:
+        """Whether a verdict earns its rationale under ``flagged_only``."""
+        if verdict.rating == "Unsafe":
+            return True
+        return (
+            self.unsafe_threshold is not None
+            and verdict.unsafe_score is not None
+            and verdict.unsafe_score >= self.unsafe_threshold
+        )
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class VerdictGrammar:
             tokenizer, vocab_size=vocab_size, stop_token_ids=list(stop_token_ids)
         )
         compiler = xgr.GrammarCompiler(self.info)
-        self._compiled = {
+        self._compiled: dict[bool | str, Any] = {
             with_rationale: compiler.compile_json_schema(
                 json.dumps(verdict_json_schema(with_rationale=with_rationale, rationale_max_chars=rationale_max_chars)),
                 any_whitespace=False,
@@ -47,6 +47,10 @@ class VerdictGrammar:
             )
             for with_rationale in (True, False)
         }
+        # the rationale alone, continued after a verdict (policies with rationale: flagged)
+        self._compiled["rationale"] = compiler.compile_json_schema(
+            json.dumps({"type": "string", "maxLength": rationale_max_chars}), any_whitespace=False
+        )
         vocab: list[bytes] = self.info.decoded_vocab
         self.token_bytes = vocab
         self.rating_ids = {
@@ -54,8 +58,9 @@ class VerdictGrammar:
             for rating, cont in _CONTINUATIONS.items()
         }
 
-    def processor(self, with_rationale: Sequence[bool]) -> GrammarLogitsProcessor:
-        """A fresh xgrammar logits processor for one ``generate`` call, one grammar per batch row."""
+    def processor(self, with_rationale: Sequence[bool | str]) -> GrammarLogitsProcessor:
+        """A fresh xgrammar logits processor for one ``generate`` call, one grammar per batch row (True: verdict
+        with rationale, False: verdict only, "rationale": the rationale string continued after a verdict)."""
         return GrammarLogitsProcessor([self._compiled[flag] for flag in with_rationale])
 
 

@@ -42,6 +42,9 @@ class Prompt:
     policy_text: str
     with_rationale: bool
     want_score: bool
+    # Continue the assistant's answer from this text (a verdict, for its rationale: worker.inference.continuation);
+    # the row's grammar is then the rationale string's.
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class LocalModel:
     def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int | None = None) -> list[Generation]:
         """Run ``prompts`` as one left-padded batch; one :class:`Generation` per prompt, in order."""
         images = [Image.open(io.BytesIO(p.image)).convert("RGB") for p in prompts]
-        texts = [self.prompt_text(p.policy_text) for p in prompts]
+        texts = [self.prompt_text(p.policy_text) + (p.prefix or "") for p in prompts]
         inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -177,7 +180,9 @@ class LocalModel:
         if any(p.want_score for p in prompts):
             observer = RatingScoreObserver(self.grammar, prompt_length, [p.want_score for p in prompts])
             processors.append(observer)
-        processors.append(self.grammar.processor([p.with_rationale for p in prompts]))
+        processors.append(
+            self.grammar.processor(["rationale" if p.prefix is not None else p.with_rationale for p in prompts])
+        )
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(

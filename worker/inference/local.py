@@ -15,8 +15,9 @@ output that is not a valid verdict (the token budget ran out before it closed) i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 
 import structlog
 import torch
@@ -27,6 +28,7 @@ from schemas.models import ModelSpec
 from schemas.settings import Settings
 from worker.inference.base import InferenceRequest, InferenceResult
 from worker.inference.batching import BatcherClosed, DynamicBatcher
+from worker.inference.continuation import parse_rationale, rationale_prefix
 from worker.inference.hfmodel import Generation, LocalModel, Prompt, checkpoint_path
 from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
 
@@ -67,22 +69,51 @@ class TransformersBackend:
     # -- InferenceBackend -------------------------------------------------------------------------------------
 
     def infer(self, request: InferenceRequest) -> InferenceResult:
+        if request.flagged_only and request.with_rationale:
+            return self._infer_flagged(request)
         prompt = Prompt(
             image=request.image.payload,
             policy_text=request.policy_text,
             with_rationale=request.with_rationale,
             want_score=request.want_score,
         )
+        return self._with_retries(request, lambda: self._result(self._generate(prompt), request))
+
+    def _with_retries(self, request: InferenceRequest, once: Callable[[], InferenceResult]) -> InferenceResult:
         attempts = self._settings.invalid_output_retries + 1
         for attempt in range(1, attempts + 1):
-            generation = self._generate(prompt)
             try:
-                return self._result(generation, request)
+                return once()
             except InvalidModelOutput as exc:
                 log.warning("invalid_model_output", rid=request.rid, attempt=attempt, error=exc.message)
                 if attempt == attempts:
                     raise
         raise AssertionError("unreachable")
+
+    def _infer_flagged(self, request: InferenceRequest) -> InferenceResult:
+        """The SGLang backend's two steps: the verdict, then for a flagged one its rationale continued from it."""
+        first = self.infer(replace(request, with_rationale=False, flagged_only=False))
+        if not request.flagged(first.verdict):
+            return replace(first, extra={**first.extra, "rationale_step": "skipped"})
+        prefix, closing = rationale_prefix(first.raw_text)
+        prompt = Prompt(request.image.payload, request.policy_text, True, False, prefix=prefix)
+
+        def continue_once() -> InferenceResult:
+            generation = self._generate(prompt)
+            rationale, truncated = parse_rationale(generation.text, finished=generation.finish_reason != "length")
+            verdict = first.verdict.model_copy(
+                update={"rationale": rationale, "rationale_truncated": True if truncated else None}
+            )
+            return InferenceResult(
+                verdict=verdict,
+                raw_text=prefix + generation.text + closing + "}",
+                finish_reason=generation.finish_reason,
+                prompt_tokens=first.prompt_tokens,
+                completion_tokens=(first.completion_tokens or 0) + generation.completion_tokens,
+                extra={**first.extra, "rationale_step": "continued"},
+            )
+
+        return self._with_retries(request, continue_once)
 
     def describe(self) -> ModelInfo:
         return ModelInfo(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpcore
@@ -27,6 +29,7 @@ from schemas.models import ModelSpec
 from schemas.settings import Settings
 from schemas.verdict import ScoreMethod, verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
+from worker.inference.continuation import continuation_body, parse_rationale, rationale_prefix
 from worker.inference.http import TRANSPORT_ERRORS, HttpClient
 from worker.inference.loads import loads_from_json, loads_from_metrics
 from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
@@ -106,19 +109,70 @@ class SGLangBackend:
         return body
 
     def infer(self, request: InferenceRequest) -> InferenceResult:
+        if request.flagged_only and request.with_rationale:
+            return self._infer_flagged(request)
+        return self._with_retries(
+            request.rid, lambda rid: self._result(self._post(self.build_body(request) | {"rid": rid}), request)
+        )
+
+    def _with_retries(self, base_rid: str, attempt_once: Callable[[str], InferenceResult]) -> InferenceResult:
+        """Run one request, re-requesting an invalid output ``invalid_output_retries`` times."""
         attempts = self._settings.invalid_output_retries + 1
         for attempt in range(1, attempts + 1):
             # Unique per call: a redelivered job can run while its first delivery is still in flight somewhere.
-            base = request.rid if attempt == 1 else f"{request.rid}.r{attempt}"
+            base = base_rid if attempt == 1 else f"{base_rid}.r{attempt}"
             rid = f"{base}.{secrets.token_hex(4)}"
-            payload = self._post(self.build_body(request) | {"rid": rid})
             try:
-                return self._result(payload, request)
+                return attempt_once(rid)
             except InvalidModelOutput as exc:
                 log.warning("invalid_model_output", rid=rid, attempt=attempt, error=exc.message)
                 if attempt == attempts:
                     raise
         raise AssertionError("unreachable")
+
+    def _infer_flagged(self, request: InferenceRequest) -> InferenceResult:
+        """Verdict first; the rationale only for a flagged verdict, continued from its text (``continuation``)."""
+        verdict_request = replace(request, with_rationale=False, flagged_only=False)
+        first = self.infer(verdict_request)
+        if not request.flagged(first.verdict):
+            return replace(first, extra={**first.extra, "rationale_step": "skipped"})
+        prefix, closing = rationale_prefix(first.raw_text)
+        budget = self._settings.max_new_tokens - (first.completion_tokens or 0)
+        verdict_body = self.build_body(verdict_request)
+
+        def continue_once(rid: str) -> InferenceResult:
+            body = continuation_body(
+                verdict_body, prefix, rationale_chars=self._settings.rationale_chars(), max_tokens=budget, rid=rid
+            )
+            payload = self._post(body)
+            try:
+                choice = payload["choices"][0]
+                content = choice["message"]["content"] or ""
+            except (KeyError, IndexError, TypeError):
+                raise InvalidModelOutput(f"SGLang continuation has no content: {str(payload)[:160]}") from None
+            if choice.get("finish_reason") == "abort":
+                raise TransientError("SGLang aborted the request", code=ErrorCode.INFERENCE_UNAVAILABLE)
+            rationale, truncated = parse_rationale(content, finished=choice.get("finish_reason") != "length")
+            usage = payload.get("usage") or {}
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+            verdict = first.verdict.model_copy(
+                update={"rationale": rationale, "rationale_truncated": True if truncated else None}
+            )
+            return InferenceResult(
+                verdict=verdict,
+                raw_text=prefix + content + closing + "}",
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=first.prompt_tokens,
+                completion_tokens=(first.completion_tokens or 0) + int(usage.get("completion_tokens") or 0),
+                extra={
+                    **first.extra,
+                    "rationale_step": "continued",
+                    "continuation_prompt_tokens": usage.get("prompt_tokens"),
+                    "continuation_cached_tokens": cached,
+                },
+            )
+
+        return self._with_retries(f"{request.rid}.c", continue_once)
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._in_flight_lock:

@@ -237,3 +237,32 @@ def test_a_checkpoint_that_cannot_load_is_never_ready_and_requests_fail_transien
     finally:
         backend.close()
     assert ErrorCode.INFERENCE_UNAVAILABLE == caught.value.code
+
+
+def test_a_flagged_verdict_gets_its_rationale_continued_in_the_trained_layout(tiny_llava_dir: Path) -> None:
+    """rationale: flagged on the local backend: the verdict first, then the rationale continued from its text; the
+    joined text is the one-pass trained layout. A threshold every score reaches flags every verdict."""
+    backend = TransformersBackend(tiny_settings(tiny_llava_dir), get_model(TINY_MODEL))
+    try:
+        wait_ready(backend)
+        result = backend.infer(request("flag-1", want_score=True, flagged_only=True, unsafe_threshold=1e-9))
+        batches = backend.batches_run
+    finally:
+        backend.close()
+    assert "continued" == result.extra["rationale_step"]
+    assert 2 == batches  # the verdict, then the continuation
+    assert_trained_layout(result)
+
+
+def test_an_unflagged_safe_verdict_gets_no_rationale_and_no_second_generation(tiny_llava_dir: Path) -> None:
+    backend = TransformersBackend(tiny_settings(tiny_llava_dir), get_model(TINY_MODEL))
+    try:
+        wait_ready(backend)
+        results = [backend.infer(request(f"unflag-{i}", want_score=True, flagged_only=True, unsafe_threshold=1.0)) for i in range(4)]
+        batches = backend.batches_run
+    finally:
+        backend.close()
+    safe = [r for r in results if r.verdict.rating == "Safe" and (r.verdict.unsafe_score or 0) < 1.0]
+    assert all(r.verdict.rationale is None and r.extra["rationale_step"] == "skipped" for r in safe)
+    continued = sum(1 for r in results if r.extra["rationale_step"] == "continued")
+    assert len(results) + continued == batches
