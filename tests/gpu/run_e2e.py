@@ -226,6 +226,35 @@ def launched(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return results
 
 
+def start_plain_server(args: argparse.Namespace, env: dict[str, str], out: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """An SGLang server as a user starts it (tempered logprobs: no SGLANG_RETURN_ORIGINAL_LOGPROB)."""
+    server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
+    server_cmd = [*SERVER_CMD.split(), "--model-path", str(args.ckpt / "llava-rand"),
+                  "--tokenizer-path", str(args.ckpt / "llava-rand-tok"), "--chat-template", "vicuna_v1.1",
+                  "--host", "127.0.0.1", "--port", str(args.port), "--enable-metrics", "--enable-cache-report",
+                  *KIT_FLAGS.split()]
+    server = subprocess.Popen(server_cmd, env=server_env, stdout=(out / "server.log").open("wb"), stderr=subprocess.STDOUT)
+    return server, server_cmd
+
+
+def capacity_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from tests.gpu import capacity
+
+    env = guardq_env(args.redis_port, args.ckpt, out)
+    server, server_cmd = start_plain_server(args, env, out)
+    try:
+        ready_s = wait_http(f"http://127.0.0.1:{args.port}/health", 420, server)
+        results: dict[str, Any] = {"mode": "capacity", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
+        results |= capacity.run(env, f"http://127.0.0.1:{args.port}", args.redis_port, out, args.jobs)
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return results
+
+
 def attached(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     env = guardq_env(args.redis_port, args.ckpt, out)
     server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
@@ -262,7 +291,7 @@ def attached(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["launched", "attached"])
+    parser.add_argument("mode", choices=["launched", "attached", "capacity"])
     parser.add_argument("--ckpt", type=Path, default=Path("/tmp/ck-7b"))
     parser.add_argument("--jobs", type=int, default=256)
     parser.add_argument("--port", type=int, default=30000)
@@ -275,7 +304,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     redis_proc = start_redis(args.redis_port, out)
     try:
-        results = launched(args, out) if args.mode == "launched" else attached(args, out)
+        modes = {"launched": launched, "attached": attached, "capacity": capacity_mode}
+        results = modes[args.mode](args, out)
     finally:
         redis_proc.terminate()
     (out / f"e2e-{args.mode}.json").write_text(json.dumps(results, indent=1, default=str))
