@@ -12,8 +12,9 @@ requests; ``/metrics`` of a server with ``--enable-metrics`` as fallback) and, w
 
 - the queue stayed below ``queue_low`` over the window, the worker uses its whole allowance and most of it is at
   the server (not in its own CPU stages: more would not help then) → grow by half (from 32 to 512 in seven steps);
-- the queue stayed above ``queue_high`` (``max(8, running / 8)``) → shrink by the excess, at most by half, and
-  only once the previous cut has taken effect;
+- the queue stayed above ``queue_high`` (``max(8, running / 8)``) and this worker has requests there → shrink
+  by the excess, at most by half, and only once the previous cut has taken effect (seen on the H200: a worker
+  idle while another client flooded the server cut itself to 1 and then had to ramp up again);
 - otherwise hold. Several workers on one server each see the same queue, so together they settle in the band; a
   router in front that reports no load leaves the limit where it started.
 
@@ -103,8 +104,9 @@ class InflightController:
         new = self.limit
         if least_queue > high:
             # Too deep: give back the excess, at most half, and only once the last cut has taken effect (the jobs
-            # already at the server stay there until they finish; cutting again for them would starve it).
-            if holding <= self.limit:
+            # already at the server stay there until they finish; cutting again for them would starve it). A worker
+            # with nothing at the server is not the cause (another worker, another client): it keeps its limit.
+            if holding <= self.limit and self._at_server() > 0:
                 new = max(self.limit // 2, self.limit - (least_queue - high))
         elif (
             peak_queue < self._band.queue_low

@@ -111,6 +111,16 @@ def test_a_deep_queue_is_cut_once_not_again_while_the_cut_is_still_draining() ->
     assert run(ctl, 1)[0] < first
 
 
+def test_a_worker_with_nothing_at_the_server_keeps_its_limit_when_others_flood_it() -> None:
+    """Found on the H200: a direct client queued 100 requests while the worker was idle; it cut itself to 1."""
+    server = Server(84, others=200)
+    ctl = controller(server, backlog=0)
+    server.held = 0
+    ctl._holding = lambda: 0
+    ctl._at_server = lambda: 0
+    assert [32] * 5 == run(ctl, 5)
+
+
 def test_without_a_load_signal_the_limit_stays_where_it_started() -> None:
     ctl = InflightController(
         start=32, floor=1, ceiling=1024, read_load=lambda: None, backlog=lambda: 10, holding=lambda: 32,
