@@ -45,6 +45,8 @@ class Policy(BaseModel):
 
     ``prompt_version`` pins the policy to one training template; ``None`` means "the model's own".
     ``unsafe_threshold``: a Safe verdict whose P(Unsafe) reaches it is routed for human review.
+    ``first_frame_only``: moderate only the first frame of an animated image or video (cheaper, and blind to
+    anything after it); by default every distinct sampled frame is moderated.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,6 +57,7 @@ class Policy(BaseModel):
     declarations: dict[str, Declaration] = Field(default_factory=dict)
     unsafe_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
     verdict_only: bool = False
+    first_frame_only: bool = False
 
     @field_validator("declarations")
     @classmethod

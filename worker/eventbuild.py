@@ -6,6 +6,7 @@ from typing import Any
 
 from schemas.errors import ErrorCode, GuardqError
 from schemas.events import CloudEvent, ErrorInfo, EventData, EventType, ImageFacts, ModelInfo, Timings, event_id
+from schemas.frames import FramesSummary
 from schemas.job import ModerationJob
 from schemas.policy import PolicyInfo
 from schemas.verdict import Verdict
@@ -37,6 +38,7 @@ def completed_event(
     needs_review: bool = False,
     cached: bool = False,
     verdict_only: bool = False,
+    frames: FramesSummary | None = None,
 ) -> CloudEvent:
     data = EventData(
         job_id=job.job_id,
@@ -51,6 +53,7 @@ def completed_event(
         model=model,
         timings=timings,
         metadata=job.metadata,
+        frames=frames,
     )
     return CloudEvent(
         id=event_id(job.job_id),
