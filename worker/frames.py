@@ -15,9 +15,9 @@ can be merged — set the threshold to 0 to merge only frames whose thumbnails a
 *The budget.* The first frame is always moderated. While fewer than ``budget`` distinct frames have been seen,
 every one is kept. Beyond that, the kept set (plus the newcomer) loses its weakest member: the one with the
 lowest novelty (distance to the nearest other kept frame, in steps of :data:`NOVELTY_STEP`), and among equally
-novel ones the one in the most crowded stretch of the file (smallest gap in frame numbers to a kept neighbour).
-Scene changes and outliers — a single unsafe frame spliced into a harmless animation — are the most novel and
-survive; ordinary frames thin out evenly over the file.
+novel ones the one whose loss leaves the shortest unsampled stretch (frames between its kept neighbours; the
+latest frame anchors the end, and the earlier of equals goes first). Scene changes and outliers (a single unsafe
+frame spliced into a harmless animation) are the most novel and survive; ordinary frames thin out evenly.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class FrameLimits:
             raise PermanentError(f"{what} has no pixels ({width}x{height})", code=ErrorCode.NOT_AN_IMAGE)
         if width * height > self.max_pixels:
             raise PermanentError(
-                f"{what} frames are {width}x{height} = {width * height:,} pixels; the limit is {self.max_pixels:,}",
+                f"the frames of {what} are {width}x{height} = {width * height:,} pixels; the limit is {self.max_pixels:,}",
                 code=ErrorCode.DECOMPRESSION_BOMB,
             )
 
@@ -207,11 +207,11 @@ class FrameSampler:
                 return min(newcomer.near.values())
             return min([*c.near.values(), newcomer.near[id(c)]])
 
-        def gap(position: int) -> int:
-            here = pool[position].index
-            gaps = [here - pool[position - 1].index] if position > 0 else []
-            gaps += [pool[position + 1].index - here] if position + 1 < len(pool) else []
-            return min(gaps)
+        def hole(position: int) -> int:
+            """Frames between the neighbours of ``pool[position]``: the stretch its loss would leave unsampled."""
+            if position + 1 == len(pool):
+                return len(self._kept) * (pool[-1].index + 1)  # the latest frame anchors the end: kept while it can
+            return pool[position + 1].index - pool[position - 1].index
 
-        ranked = [(int(novelty(c) // NOVELTY_STEP), gap(i), -c.index, c) for i, c in enumerate(pool) if c is not pinned]
+        ranked = [(int(novelty(c) // NOVELTY_STEP), hole(i), c.index, c) for i, c in enumerate(pool) if c is not pinned]
         return min(ranked, key=lambda r: r[:3])[3]

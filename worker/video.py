@@ -102,8 +102,8 @@ class Video:
         what = f"this {container} video"
         try:
             self._container: Any = av.open(io.BytesIO(data), format=DEMUXERS[container], mode="r")
-        except av.FFmpegError as exc:
-            raise PermanentError(f"{what} cannot be read: {exc}", code=ErrorCode.NOT_AN_IMAGE) from None
+        except av.FFmpegError as exc:  # the signature said video: what follows it is damaged or cut short
+            raise PermanentError(f"{what} cannot be read: {exc}", code=ErrorCode.TRUNCATED_IMAGE) from None
         try:
             self._open(container, what)
         except BaseException:
@@ -124,7 +124,7 @@ class Video:
         stream.codec_context.thread_count = 1  # the worker runs many jobs at once; one core each is fair
         limits.check_canvas(stream.codec_context.width, stream.codec_context.height, what)
         if self._container.duration:
-            limits.check_duration(self._container.duration / av.time_base, what + " (declared)")
+            limits.check_duration(self._container.duration / av.time_base, what + " (by its header)")
         self._time_base = stream.time_base or Fraction(1, av.time_base)
         self._pts, keys = self._scan(what)
         if not self._pts:
