@@ -14,10 +14,10 @@ can be merged — set the threshold to 0 to merge only frames whose thumbnails a
 
 *The budget.* The first frame is always moderated. While fewer than ``budget`` distinct frames have been seen,
 every one is kept. Beyond that, the kept set (plus the newcomer) loses its weakest member: the one with the
-lowest novelty (distance to the nearest other kept frame, in steps of :data:`NOVELTY_STEP`), and among equally
+lowest novelty (its distance to the kept frame before it, in steps of :data:`NOVELTY_STEP`), and among equally
 novel ones the one whose loss leaves the shortest unsampled stretch (frames between its kept neighbours; the
 latest frame anchors the end, and the earlier of equals goes first). Scene changes and outliers (a single unsafe
-frame spliced into a harmless animation) are the most novel and survive; ordinary frames thin out evenly.
+frame spliced into a harmless animation) are the most novel and survive; a slow change is cut into even steps.
 """
 
 from __future__ import annotations
@@ -202,10 +202,12 @@ class FrameSampler:
         pinned = self._kept[0]
         pool = sorted([*self._kept, newcomer], key=lambda c: c.index)
 
-        def novelty(c: Candidate) -> float:
-            if c is newcomer:
-                return min(newcomer.near.values())
-            return min([*c.near.values(), newcomer.near[id(c)]])
+        def apart(a: Candidate, b: Candidate) -> float:
+            return newcomer.near[id(b if a is newcomer else a)] if newcomer in (a, b) else a.near[id(b)]
+
+        def novelty(position: int) -> float:
+            """How far it is from the kept frame before it: what it adds to the story the kept frames tell."""
+            return apart(pool[position - 1], pool[position])
 
         def hole(position: int) -> int:
             """Frames between the neighbours of ``pool[position]``: the stretch its loss would leave unsampled."""
@@ -213,5 +215,5 @@ class FrameSampler:
                 return len(self._kept) * (pool[-1].index + 1)  # the latest frame anchors the end: kept while it can
             return pool[position + 1].index - pool[position - 1].index
 
-        ranked = [(int(novelty(c) // NOVELTY_STEP), hole(i), c.index, c) for i, c in enumerate(pool) if c is not pinned]
+        ranked = [(int(novelty(i) // NOVELTY_STEP), hole(i), c.index, c) for i, c in enumerate(pool) if c is not pinned]
         return min(ranked, key=lambda r: r[:3])[3]
