@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from PIL import Image
 
@@ -39,7 +41,7 @@ def test_alternating_frames_are_two_distinct_frames() -> None:
 def test_a_slow_fade_cannot_drift_past_the_threshold_one_small_step_at_a_time() -> None:
     """Each step is below the threshold, but the end is far from the start: it is compared with the run's first."""
     steps = [solid((40 + 3 * i, 120, 200 - 3 * i)) for i in range(60)]
-    assert all(distance(fingerprint(x), fingerprint(y)) <= 3.0 for x, y in zip(steps, steps[1:], strict=False))
+    assert all(distance(fingerprint(x), fingerprint(y)) <= 3.0 for x, y in itertools.pairwise(steps))
     s = sampler()
     feed(s, steps)
     last = fingerprint(steps[-1])
@@ -84,7 +86,7 @@ def test_ordinary_frames_thin_out_evenly_over_the_whole_file() -> None:
     """A grey ramp: every frame equally novel, so the kept ones spread from start to end."""
     ramp = [solid((i, i, i)) for i in range(256)]
     chosen = feed(sampler(budget=16, threshold=0.5), ramp)
-    gaps = [b - a for a, b in zip(chosen, chosen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(chosen)]
     assert 255 - chosen[-1] <= 256 // 16  # the end is sampled too
     assert max(gaps) <= 2 * 256 // 16, chosen
 
