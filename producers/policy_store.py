@@ -87,6 +87,7 @@ def build_policy(
     unsafe_threshold: float | None = None,
     verdict_only: bool = False,
     version: int = 1,
+    first_frame_only: bool = False,
 ) -> Policy:
     """Validate a policy definition into a :class:`Policy`, with one clear error for each kind of mistake."""
     if name == BUILTIN_POLICY_NAME:
@@ -112,6 +113,7 @@ def build_policy(
             declarations=decl,
             unsafe_threshold=unsafe_threshold,
             verdict_only=verdict_only,
+            first_frame_only=first_frame_only,
         )
     except ValueError as exc:  # pydantic's ValidationError and PromptVersion's ValueError
         raise InvalidPolicy(f"invalid policy {name!r}: {_first_problem(exc)}") from None
@@ -126,7 +128,7 @@ def _first_problem(exc: ValueError) -> str:
 
 
 def _same_content(a: Policy, b: Policy) -> bool:
-    keep = {"prompt_version", "declarations", "unsafe_threshold", "verdict_only"}
+    keep = {"prompt_version", "declarations", "unsafe_threshold", "verdict_only", "first_frame_only"}
     return a.model_dump(include=keep) == b.model_dump(include=keep)
 
 
@@ -183,6 +185,7 @@ def describe(stored: StoredPolicy, prompt_version: PromptVersion) -> dict[str, A
         "declarations": {k: v.value for k, v in p.declarations.items()},
         "unsafe_threshold": p.unsafe_threshold,
         "verdict_only": p.verdict_only,
+        "first_frame_only": p.first_frame_only,
         "created_at": stored.created_at.isoformat() if stored.created_at else None,
         "deleted": stored.deleted,
         "sha256": p.sha256(prompt_version),
@@ -333,7 +336,7 @@ def diff_policies(old: Policy, new: Policy, model_prompt_version: PromptVersion)
             declarations.append((code, a.value, b.value))
     options = [
         (name, getattr(old, name), getattr(new, name))
-        for name in ("prompt_version", "unsafe_threshold", "verdict_only")
+        for name in ("prompt_version", "unsafe_threshold", "verdict_only", "first_frame_only")
         if getattr(old, name) != getattr(new, name)
     ]
     text = "".join(

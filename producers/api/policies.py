@@ -51,6 +51,7 @@ class PolicyCreate(BaseModel):
     sensitive: list[str] = Field(default_factory=list)
     unsafe_threshold: float | None = None
     verdict_only: bool = False
+    first_frame_only: bool = Field(default=False, description="Animated images and videos: moderate frame 0 only.")
 
 
 class TenantDefault(BaseModel):
@@ -93,6 +94,7 @@ def create_policy(body: PolicyCreate, who: PrincipalDep, svc: ServicesDep, respo
             sensitive=body.sensitive,
             unsafe_threshold=body.unsafe_threshold,
             verdict_only=body.verdict_only,
+            first_frame_only=body.first_frame_only,
         )
         result = svc.policies.create(candidate)
     except GuardqError as exc:

@@ -80,6 +80,10 @@ def create(
     verdict_only: Annotated[
         bool, typer.Option("--verdict-only", help="Ask only for rating and category (no rationale): faster.")
     ] = False,
+    first_frame_only: Annotated[
+        bool,
+        typer.Option("--first-frame-only", help="Animated images and videos: moderate only the first frame (cheaper)."),
+    ] = False,
 ) -> None:
     """Store a new version of NAME (an identical definition keeps the current version) and print it as JSON."""
     try:
@@ -90,6 +94,7 @@ def create(
             sensitive=sensitive or [],
             unsafe_threshold=unsafe_threshold,
             verdict_only=verdict_only,
+            first_frame_only=first_frame_only,
         )
         result = _store().create(candidate)
     except GuardqError as exc:
