@@ -70,7 +70,10 @@ def test_every_file_whose_only_unsafe_frames_come_later_is_flagged_within_the_bu
 ) -> None:
     files = corpus()
     jobs = {name: ModerationJob(image=put(s3_client, data)) for name, (data, _) in files.items()}
-    events = runner.run(*jobs.values(), timeout_s=120)
+    first_only = Policy(name="first-frame", first_frame_only=True)  # what guardq did before: frame 0 alone
+    baseline = [ModerationJob(image=job.image, policy=first_only) for job in jobs.values()]
+    events = runner.run(*jobs.values(), *baseline, timeout_s=180)
+    baseline_flagged = sum(1 for j in baseline if (v := events[j.job_id].data.verdict) is not None and v.unsafe)
     rows = []
     for name, job in jobs.items():
         event = events[job.job_id]
@@ -93,7 +96,10 @@ def test_every_file_whose_only_unsafe_frames_come_later_is_flagged_within_the_bu
             }
         )
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps({"budget": BUDGET, "files": rows}, indent=2) + "\n")
+    flagged = sum(1 for row in rows if row["rating"] == "Unsafe")
+    summary = {"budget": BUDGET, "flagged": flagged, "first_frame_only_flagged": baseline_flagged, "of": len(rows)}
+    REPORT.write_text(json.dumps(summary | {"files": rows}, indent=2) + "\n")
+    assert 0 == baseline_flagged  # frame 0 is harmless in every file: the first frame alone lets all of them pass
     for row, (_, unsafe) in zip(rows, files.values(), strict=True):
         assert ("Unsafe", O2) == (row["rating"], row["category"]), row
         assert row["decisive"] in unsafe and set(row["unsafe_found"]) <= unsafe, row
