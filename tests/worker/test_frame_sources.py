@@ -181,3 +181,25 @@ def test_gif_block_walk_agrees_with_pillow() -> None:
     data = motion.animation(37)
     with Image.open(io.BytesIO(data)) as image:
         assert getattr(image, "n_frames", 1) == gif_frame_count(data, limit=1000)
+
+
+@pytest.mark.parametrize(("degrees", "top_is_red"), [(-90, True), (90, False)])
+def test_video_frames_reach_the_model_upright_whatever_the_display_rotation(degrees: int, top_is_red: bool) -> None:
+    """A 64x32 picture, left half red, stored with a display rotation: the frame the model gets is 32x64."""
+    import av
+
+    picture = Image.new("RGB", (64, 32), (30, 60, 220))
+    picture.paste(motion.UNSAFE_RGB, (0, 0, 32, 32))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)  # counter-clockwise, as FFmpeg's display matrix says
+        for packet in [*stream.encode(av.VideoFrame.from_image(picture)), *stream.encode()]:
+            out.mux(packet)
+    with Video(buf.getvalue(), "MP4", DEFAULTS) as video:
+        [upright] = list(video.frames([0], max_side=336))
+    assert (32, 64) == upright.image.size
+    top = upright.image.crop((0, 0, 32, 32)).resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+    assert isinstance(top, tuple)
+    assert (top[0] > 150) is top_is_red
