@@ -10,6 +10,7 @@ whatever follows through.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class Animation:
         limits.check_count(count, what)
         self.info = AnimationInfo(fmt, width, height, count)
         self.elapsed_s: float | None = None  # running time, known once every frame has been decoded
+        self.decoded: int | None = None  # frames the decoder gave, known once every frame has been decoded
 
     def frames(self, *, max_side: int, first_only: bool = False) -> Iterator[DecodedFrame]:
         """Each frame in turn; ``first_only`` stops after frame 0 (and skips the canvas x frames check)."""
@@ -73,14 +75,18 @@ class Animation:
         if not first_only:
             limits.check_total(info.width, info.height, info.frames, what)
         elapsed_ms = 0.0
-        self.elapsed_s = None
-        for index in range(1 if first_only else info.frames):
+        self.elapsed_s = self.decoded = None
+        index = 0
+        # Until the decoder itself runs out: the count above only decides early failures, never what is decoded.
+        for index in range(1) if first_only else itertools.count():
+            limits.check_count(index + 1, what)
+            limits.check_total(info.width, info.height, index + 1, what)
             try:
                 image.seek(index)
             except EOFError:
                 if index == 0:
                     raise PermanentError(f"{what} has no frames", code=ErrorCode.NOT_AN_IMAGE) from None
-                break  # fewer frames than the header claimed: every one there is was seen
+                break
             except (OSError, SyntaxError, ValueError) as exc:
                 raise PermanentError(
                     f"frame {index} of {what} cannot be decoded: {exc}", code=ErrorCode.TRUNCATED_IMAGE
@@ -91,4 +97,4 @@ class Animation:
             elapsed_ms += float(duration) if isinstance(duration, int | float) else 0.0
             limits.check_duration(elapsed_ms / 1000, what)
         if not first_only:
-            self.elapsed_s = round(elapsed_ms / 1000, 3)
+            self.elapsed_s, self.decoded = round(elapsed_ms / 1000, 3), index

@@ -1,15 +1,19 @@
 """Tell still images, animated images and videos apart from their first bytes, before anything is decoded.
 
 Only containers are looked at (GIF blocks, PNG chunks, the WebP header, ISO-BMFF and EBML signatures), so the
-common case — a JPEG — costs a few byte comparisons. A file is *animated* when it holds two frames or more; a
-one-frame GIF or an APNG whose animation has one frame is a still image.
+common case (a JPEG) costs a few byte comparisons. A GIF, PNG or WebP that looks still is also asked of Pillow
+(headers only), which is what decodes it, so no file Pillow would animate passes as a still image. A file is
+*animated* when it holds two frames or more; a one-frame GIF or an APNG of one frame is a still image.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass
 from enum import StrEnum
+
+from PIL import Image
 
 
 class MediaKind(StrEnum):
@@ -35,13 +39,25 @@ def sniff(data: bytes) -> Media:
     """What kind of media ``data`` is, judged from its container structure only."""
     head = data[:64]
     if head.startswith((b"GIF87a", b"GIF89a")):
-        return Media(MediaKind.ANIMATION, "GIF") if gif_frame_count(data, limit=2) >= 2 else STILL
+        animated = gif_frame_count(data, limit=2) >= 2
+        return Media(MediaKind.ANIMATION, "GIF") if animated or _pillow_animated(data) else STILL
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Media(MediaKind.ANIMATION, "PNG") if apng_frame_count(data) >= 2 else STILL
-    if head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) > 20 and head[20] & 0x02:
-        return Media(MediaKind.ANIMATION, "WEBP")
+        animated = apng_frame_count(data) >= 2
+        return Media(MediaKind.ANIMATION, "PNG") if animated or _pillow_animated(data) else STILL
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        animated = head[12:16] == b"VP8X" and len(head) > 20 and bool(head[20] & 0x02)
+        return Media(MediaKind.ANIMATION, "WEBP") if animated or _pillow_animated(data) else STILL
     video = video_container(head)
     return Media(MediaKind.VIDEO, video) if video else STILL
+
+
+def _pillow_animated(data: bytes) -> bool:
+    """A second opinion from the decoder itself, so a file it would animate is never taken for a still image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return bool(getattr(image, "is_animated", False))
+    except Exception:  # unreadable here: the image path names the problem
+        return False
 
 
 def video_container(head: bytes) -> str | None:
@@ -84,7 +100,7 @@ def gif_frame_count(data: bytes, *, limit: int) -> int:
             pos = _skip_sub_blocks(data, pos + 1)
             frames += 1
         else:
-            break  # not a GIF block: Pillow stops reading here too
+            pos += 1  # a stray byte between blocks: Pillow skips it and reads on, and so must the count
     return frames
 
 

@@ -105,8 +105,9 @@ def sample_frames(data: bytes, media: Media, settings: Settings, model: ModelSpe
     animation = Animation(data, limits)
     feed(animation.frames(max_side=model.image_max_side, first_only=first_only))
     anim = animation.info
+    total = animation.decoded if animation.decoded is not None else anim.frames
     return Sampled(
-        "animation", anim.format, anim.width, anim.height, anim.frames, animation.elapsed_s, sampler.chosen(), sampler
+        "animation", anim.format, anim.width, anim.height, total, animation.elapsed_s, sampler.chosen(), sampler
     )
 
 

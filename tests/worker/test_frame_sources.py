@@ -203,3 +203,14 @@ def test_video_frames_reach_the_model_upright_whatever_the_display_rotation(degr
     top = upright.image.crop((0, 0, 32, 32)).resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
     assert isinstance(top, tuple)
     assert (top[0] > 150) is top_is_red
+
+
+def test_a_stray_byte_between_gif_frames_does_not_hide_the_frames_after_it() -> None:
+    """Pillow skips unknown bytes between GIF blocks and decodes on; the frame count and the kind must as well."""
+    clean = motion.animation(3, unsafe_at={2})
+    second = clean.index(b"\x21\xf9\x04", clean.index(b"\x21\xf9\x04") + 1)
+    data = clean[:second] + b"\x00" + clean[second:]
+    assert MediaKind.ANIMATION == sniff(data).kind
+    frames = list(Animation(data, DEFAULTS).frames(max_side=336))
+    assert 3 == len(frames) == gif_frame_count(data, limit=10)
+    assert motion.UNSAFE_RGB == frames[2].image.getpixel((5, 5))
