@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
+import av.logging
 from PIL import Image
 
 from schemas.errors import ErrorCode, PermanentError
@@ -41,6 +42,9 @@ DEMUXERS["MKV"] = DEMUXERS["WEBM"]
 DECODERS = frozenset(
     {"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "libvpx", "libvpx-vp9", "mpeg4", "mjpeg", "mpeg2video"}
 )
+# FFmpeg's own logger writes to stderr at info level (a hostile file makes it chatty); hand it to Python's
+# logging, errors only: whatever matters about a file is in the job's event.
+av.logging.set_level(av.logging.ERROR)
 _UPRIGHT = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
 
