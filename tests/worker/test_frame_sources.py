@@ -144,11 +144,15 @@ def test_a_video_longer_than_the_limit_fails_as_too_long() -> None:
 
 
 def test_frames_larger_than_the_pixel_limit_fail_as_a_decompression_bomb() -> None:
+    huge = motion.clip(1, size=(8200, 8200), options={"preset": "ultrafast"})  # 67 MP > 64 MP
+    assert "decompression_bomb" == code_of(lambda: Video(huge, "MP4", DEFAULTS))
     small = FrameLimits(10_000, 600, 100 * 100, 2_000_000_000, 900)
     assert "decompression_bomb" == code_of(lambda: Video(motion.clip(3, size=(160, 120)), "MP4", small))
 
 
 def test_keyframes_further_apart_than_the_decoding_bound_fail_as_too_many_frames() -> None:
+    one_keyframe = motion.clip(1000, size=(16, 16), options={"x264-params": "keyint=1000:scenecut=0"})
+    assert "too_many_frames" == code_of(lambda: Video(one_keyframe, "MP4", DEFAULTS))  # 1000 > 900 decodable
     data = motion.clip(400, options={"x264-params": "keyint=400:scenecut=0"})
     tight = FrameLimits(10_000, 600, 64_000_000, 2_000_000_000, 300)
     assert "too_many_frames" == code_of(lambda: Video(data, "MP4", tight))
