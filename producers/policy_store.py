@@ -88,6 +88,7 @@ def build_policy(
     verdict_only: bool = False,
     rationale: str = "always",
     version: int = 1,
+    first_frame_only: bool = False,
 ) -> Policy:
     """Validate a policy definition into a :class:`Policy`, with one clear error for each kind of mistake."""
     if name == BUILTIN_POLICY_NAME:
@@ -114,6 +115,7 @@ def build_policy(
             unsafe_threshold=unsafe_threshold,
             verdict_only=verdict_only,
             rationale=rationale,  # validated by pydantic
+            first_frame_only=first_frame_only,
         )
     except ValueError as exc:  # pydantic's ValidationError and PromptVersion's ValueError
         raise InvalidPolicy(f"invalid policy {name!r}: {_first_problem(exc)}") from None
@@ -128,7 +130,7 @@ def _first_problem(exc: ValueError) -> str:
 
 
 def _same_content(a: Policy, b: Policy) -> bool:
-    keep = {"prompt_version", "declarations", "unsafe_threshold", "verdict_only", "rationale"}
+    keep = {"prompt_version", "declarations", "unsafe_threshold", "verdict_only", "rationale", "first_frame_only"}
     return a.model_dump(include=keep) == b.model_dump(include=keep)
 
 
@@ -186,6 +188,7 @@ def describe(stored: StoredPolicy, prompt_version: PromptVersion) -> dict[str, A
         "unsafe_threshold": p.unsafe_threshold,
         "verdict_only": p.verdict_only,
         "rationale": p.rationale_mode,
+        "first_frame_only": p.first_frame_only,
         "created_at": stored.created_at.isoformat() if stored.created_at else None,
         "deleted": stored.deleted,
         "sha256": p.sha256(prompt_version),
@@ -336,7 +339,7 @@ def diff_policies(old: Policy, new: Policy, model_prompt_version: PromptVersion)
             declarations.append((code, a.value, b.value))
     options = [
         (name, getattr(old, name), getattr(new, name))
-        for name in ("prompt_version", "unsafe_threshold", "verdict_only", "rationale")
+        for name in ("prompt_version", "unsafe_threshold", "verdict_only", "rationale", "first_frame_only")
         if getattr(old, name) != getattr(new, name)
     ]
     text = "".join(

@@ -21,12 +21,21 @@ _EXTENSIONS = {
 }
 
 
+# ISO-BMFF brands of still images (HEIF/AVIF), which guardq does not take; any other ``ftyp`` is a video.
+_IMAGE_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"avif", b"avis"}
+
+
 def guess_extension(data: bytes, fallback: str = "bin") -> str:
+    """The extension of an image or video guardq moderates, from its first 12 bytes; ``fallback`` otherwise."""
     for magic, ext in _EXTENSIONS.items():
         if data.startswith(magic):
             return ext
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[4:8] == b"ftyp" and len(data) >= 12 and data[8:12] not in _IMAGE_BRANDS:
+        return "mov" if data[8:12] == b"qt  " else "mp4"
+    if data.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska (WebM is one)
+        return "webm"
     return fallback
 
 

@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_FORMAT = "unsupported_format"
     TRUNCATED_IMAGE = "truncated_image"
     DECOMPRESSION_BOMB = "decompression_bomb"
+    # Animated images and videos (worker/frames.py): more frames or a longer running time than the limits allow
+    TOO_MANY_FRAMES = "too_many_frames"
+    TOO_LONG = "too_long"
     POLICY_UNKNOWN = "policy_unknown"
     INVALID_POLICY = "invalid_policy"
     POLICY_IN_USE = "policy_in_use"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode
+from schemas.frames import FramesSummary
 from schemas.policy import PolicyInfo
 from schemas.taxonomy import PromptVersion
 from schemas.verdict import Verdict
@@ -91,6 +92,7 @@ class EventData(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    frames: FramesSummary | None = None  # animated images and videos only (schemas/frames.py)
 
 
 class CloudEvent(BaseModel):

@@ -48,6 +48,8 @@ class Policy(BaseModel):
 
     ``prompt_version`` pins the policy to one training template; ``None`` means "the model's own".
     ``unsafe_threshold``: a Safe verdict whose P(Unsafe) reaches it is routed for human review.
+    ``first_frame_only``: moderate only the first frame of an animated image or video (cheaper, and blind to
+    anything after it); by default every distinct sampled frame is moderated.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -66,6 +68,7 @@ class Policy(BaseModel):
     @property
     def rationale_mode(self) -> RationaleMode:
         return "never" if self.verdict_only else self.rationale
+    first_frame_only: bool = False
 
     @field_validator("declarations")
     @classmethod

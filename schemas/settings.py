@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     url_allowed_networks: list[str] = Field(default_factory=list)
     jpeg_quality: int = Field(default=90, ge=50, le=100)
 
+    # Animated images and videos (worker/frames.py, worker/animation.py, worker/video.py; docs/frames.md)
+    frame_budget: int = Field(default=16, ge=1, le=256)  # most frames moderated (model calls) per file
+    frame_dedupe_threshold: float = Field(default=3.0, ge=0.0, le=255.0)  # near-duplicate distance (0-255 scale)
+    frame_concurrency: int = Field(default=8, ge=1, le=256)  # frames in flight per process, all jobs together
+    max_frames: int = Field(default=10_000, ge=1)  # frames in one file (counted before decoding): too_many_frames
+    max_duration_s: float = Field(default=600.0, gt=0)  # running time of one file: too_long
+    max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)  # canvas x decoded frames: decompression_bomb
+    video_decode_max_frames: int = Field(default=900, ge=1)  # most frames decoded per video (longer: sampled)
+
     # Events and bookkeeping
     event_source: str = "urn:guardq"
     stream_maxlen: int = Field(default=1_000_000, ge=1000)

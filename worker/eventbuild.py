@@ -6,6 +6,7 @@ from typing import Any
 
 from schemas.errors import ErrorCode, GuardqError
 from schemas.events import CloudEvent, ErrorInfo, EventData, EventType, ImageFacts, ModelInfo, Timings, event_id
+from schemas.frames import FramesSummary
 from schemas.job import ModerationJob
 from schemas.policy import PolicyInfo
 from schemas.verdict import Verdict
@@ -38,6 +39,7 @@ def completed_event(
     cached: bool = False,
     verdict_only: bool = False,
     rationale_mode: str | None = None,
+    frames: FramesSummary | None = None,
 ) -> CloudEvent:
     data = EventData(
         job_id=job.job_id,
@@ -53,6 +55,7 @@ def completed_event(
         model=model,
         timings=timings,
         metadata=job.metadata,
+        frames=frames,
     )
     return CloudEvent(
         id=event_id(job.job_id),

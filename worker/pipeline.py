@@ -1,5 +1,8 @@
 """The moderation pipeline for one job: fetch → hash → verdict cache, or decode/downscale + infer → verdict event.
 
+Animated images and videos take the multi-frame path instead (worker/multiframe.py): sample the frames,
+moderate each distinct one (each cached on its own), aggregate into one verdict plus ``data.frames``.
+
 Stage timings and what is known so far live in :class:`Progress`, so a failure at any stage still produces a
 failed event with every fact gathered up to that point.
 """
@@ -7,6 +10,7 @@ failed event with every fact gathered up to that point.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +21,15 @@ from schemas.errors import ErrorCode, PermanentError
 from schemas.events import CloudEvent, ImageFacts, ModelInfo, Timings
 from schemas.job import FORBIDDEN_SCHEME_ERROR, ModerationJob
 from schemas.models import ModelSpec, get_model
-from schemas.policy import PolicyInfo
+from schemas.policy import Policy, PolicyInfo
 from schemas.settings import Settings
+from schemas.verdict import Verdict
 from worker.cache import CachedOutcome, CacheKey, VerdictCache
 from worker.eventbuild import completed_event, image_facts
 from worker.image import prepare_image
 from worker.inference.base import InferenceBackend, InferenceRequest
+from worker.media import Media, MediaKind, sniff
+from worker.multiframe import FrameModerator, FrameRequest
 from worker.policies import PolicyResolver
 from worker.sources import ImageSource
 
@@ -74,6 +81,12 @@ class Moderator:
         self._backend = backend
         self._policies = policies
         self._cache = cache
+        # Every model request of this process (still images and frames) holds one permit while in flight.
+        self._inflight = threading.BoundedSemaphore(settings.max_in_flight())
+        self._frames = FrameModerator(settings, model, backend, cache, self._inflight)
+
+    def close(self) -> None:
+        self._frames.close()
 
     def run(self, job: ModerationJob, *, attempt: int, progress: Progress) -> CloudEvent:
         progress.job = job
@@ -109,6 +122,20 @@ class Moderator:
             flagged_at=policy.unsafe_threshold if mode == "flagged" else None,
             flagged_only=mode == "flagged",
         )
+        media = sniff(data)
+        if media.kind is not MediaKind.STILL:
+            frames = FrameRequest(
+                policy_text=policy_text,
+                policy_sha256=progress.policy.sha256,
+                rid=f"{job.job_id}.{attempt}",
+                with_rationale=mode != "never",
+                want_score=want_score,
+                simulated=progress.model.simulated,
+                uri=uri,
+                flagged_only=mode == "flagged",
+                unsafe_threshold=policy.unsafe_threshold,
+            )
+            return self._run_frames(job, progress, data, media, frames, policy)
 
         def decode_and_infer() -> CachedOutcome:
             started = time.perf_counter()
@@ -130,7 +157,8 @@ class Moderator:
                 flagged_only=mode == "flagged",
                 unsafe_threshold=policy.unsafe_threshold,
             )
-            return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
+            with self._inflight:
+                return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
 
         # A hit (same bytes, policy text, model) skips decoding and the model call alike.
         outcome, cached = self._cache.verdict(key, decode_and_infer)
@@ -160,3 +188,46 @@ class Moderator:
             rationale_mode=mode,
             cached=cached,
         )
+
+    def _run_frames(
+        self,
+        job: ModerationJob,
+        progress: Progress,
+        data: bytes,
+        media: Media,
+        request: FrameRequest,
+        policy: Policy,
+    ) -> CloudEvent:
+        """An animated image or a video: one verdict over its sampled frames, the frames listed in the event."""
+        assert progress.image is not None and progress.policy is not None and progress.model is not None
+        outcome = self._frames.run(
+            data, media, request, sha256=progress.image.sha256 or "", first_only=policy.first_frame_only
+        )
+        progress.image = outcome.image
+        progress.timings.prepare_ms = outcome.prepare_ms
+        progress.timings.infer_ms = outcome.infer_ms
+        _, progress.timings.total_ms = progress.lap(progress.started)
+        return completed_event(
+            source=self._settings.event_source,
+            job=job,
+            image=outcome.image,
+            verdict=outcome.verdict,
+            policy=progress.policy,
+            model=progress.model,
+            timings=progress.timings,
+            needs_review=_needs_review(outcome.verdict, policy.unsafe_threshold),
+            verdict_only=policy.rationale_mode == "never",
+            rationale_mode=policy.rationale_mode,
+            cached=outcome.cached,
+            frames=outcome.summary,
+        )
+
+
+def _needs_review(verdict: Verdict, unsafe_threshold: float | None) -> bool:
+    """A Safe verdict whose P(Unsafe) reaches the policy's threshold goes to human review."""
+    return (
+        unsafe_threshold is not None
+        and verdict.rating == "Safe"
+        and verdict.unsafe_score is not None
+        and verdict.unsafe_score >= unsafe_threshold
+    )

@@ -84,6 +84,7 @@ class Runtime:
         )
 
     def close(self) -> None:
+        self.moderator.close()
         self.backend.close()
         self.source.close()
         self.redis.close()

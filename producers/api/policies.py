@@ -56,6 +56,7 @@ class PolicyCreate(BaseModel):
         description="always: one pass; flagged: verdict first, rationale only for Unsafe or Safe at/above "
         "unsafe_threshold; never: verdict only",
     )
+    first_frame_only: bool = Field(default=False, description="Animated images and videos: moderate frame 0 only.")
 
 
 class TenantDefault(BaseModel):
@@ -99,6 +100,7 @@ def create_policy(body: PolicyCreate, who: PrincipalDep, svc: ServicesDep, respo
             unsafe_threshold=body.unsafe_threshold,
             verdict_only=body.verdict_only,
             rationale=body.rationale,
+            first_frame_only=body.first_frame_only,
         )
         result = svc.policies.create(candidate)
     except GuardqError as exc:

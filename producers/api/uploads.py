@@ -3,9 +3,9 @@
 The body is parsed as it arrives (``python-multipart``'s push parser), never held whole in memory and never put
 in Redis: the file part is spooled to disk while its SHA-256 is computed, then moved into the content-addressed
 upload store (``upload://<sha256>.<ext>``). The size cap (``GUARDQ_API_MAX_UPLOAD_BYTES``) is enforced as
-bytes arrive (413, reading stops); the type is decided by the first bytes (JPEG, PNG, GIF, WebP, BMP), not by
-the declared Content-Type (415). Form fields: ``file`` (required), ``policy``, ``model``, ``metadata`` (a JSON
-object), ``callback_url``.
+bytes arrive (413, reading stops); the type is decided by the first bytes (JPEG, PNG, GIF, WebP, BMP; MP4, MOV,
+WebM clips), not by the declared Content-Type (415). Form fields: ``file`` (required), ``policy``, ``model``,
+``metadata`` (a JSON object), ``callback_url``.
 """
 
 from __future__ import annotations
@@ -114,7 +114,11 @@ class _Receiver:
     def _check_type(self) -> None:
         ext = guess_extension(self._head, fallback="")
         if not ext:
-            raise ApiError(415, "unsupported_media_type", "the file is not a JPEG, PNG, GIF, WebP or BMP image")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "the file is not a JPEG, PNG, GIF, WebP or BMP image, nor an MP4/MOV/WebM",
+            )
         self.extension = ext
 
     def _part_end(self) -> None:

@@ -88,6 +88,10 @@ def create(
             "--unsafe-threshold) | never",
         ),
     ] = "always",
+    first_frame_only: Annotated[
+        bool,
+        typer.Option("--first-frame-only", help="Animated images and videos: moderate only the first frame (cheaper)."),
+    ] = False,
 ) -> None:
     """Store a new version of NAME (an identical definition keeps the current version) and print it as JSON."""
     try:
@@ -99,6 +103,7 @@ def create(
             unsafe_threshold=unsafe_threshold,
             verdict_only=verdict_only,
             rationale=rationale,
+            first_frame_only=first_frame_only,
         )
         result = _store().create(candidate)
     except GuardqError as exc:

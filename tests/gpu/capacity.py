@@ -167,7 +167,7 @@ def rationale_modes(url: str, n: int = 128, concurrency: int = 128) -> dict[str,
 def run(env: dict[str, str], url: str, redis_port: int, out: Path, n: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     results["rationale_modes"] = rationale_modes(url)
-    print("rationale_modes", json.dumps({k: v for k, v in results["rationale_modes"].items()})[:800], flush=True)
+    print("rationale_modes", json.dumps(results["rationale_modes"])[:800], flush=True)
     (out / "worker").mkdir(exist_ok=True)
     worker = subprocess.Popen(
         [sys.executable, "-m", "worker", "--sglang-url", url, "--hostname", "attached@gpu", "--model", MODEL],

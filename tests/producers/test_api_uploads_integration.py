@@ -1,5 +1,6 @@
 """``POST /v1/uploads`` through real HTTP: bytes land in the upload store (never Redis) and a real worker moderates
-them; oversize uploads get 413 while streaming, non-images 415, malformed forms 4xx, and retries replay."""
+them (short clips too); oversize uploads get 413 while streaming, non-images 415, malformed forms 4xx, and retries
+replay."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from producers.api.auth import ApiKeyStore
 from producers.events import wait_for
 from schemas.settings import Settings
-from tests import images
+from tests import images, motion
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import ApiServer, bearer
 
@@ -159,3 +160,16 @@ def test_an_s3_upload_store_receives_the_spooled_file_under_its_content_key(
     assert f"upload://{digest}.jpg" == ref.uri
     assert data == s3_client.get_object(Bucket=BUCKET, Key=f"uploads/{digest}.jpg")["Body"].read()
     assert not spool.exists()
+
+
+def test_an_uploaded_clip_is_stored_by_content_and_moderated_frame_by_frame(
+    api: ApiServer, token: str, runner: Runner, api_settings: Settings
+) -> None:
+    data = motion.clip(30, unsafe_at={17})
+    digest = hashlib.sha256(data).hexdigest()
+    response = httpx.post(f"{api.url}/v1/uploads", files={"file": ("clip", data, "video/mp4")}, headers=bearer(token))
+    assert 202 == response.status_code, response.text
+    assert f"upload://{digest}.mp4" == response.json()["image"]
+    event = next(wait_for(runner.queue.redis, [response.json()["job_id"]], after="0-0", timeout_s=30))
+    assert event.data.verdict is not None and event.data.frames is not None
+    assert ("Unsafe", "video", "MP4") == (event.data.verdict.rating, event.data.frames.source, event.data.image.format)
