@@ -105,9 +105,14 @@ def build(body: dict[str, Any], decision: Decision, style: Style, fault: dict[st
     text = "".join(token_list)
     logprobs = None
     if body.get("logprobs"):
+        opening = content.find('"rationale"')
+        free_from = len(tokenize(content[: content.index('"', opening + 12) + 1])) if opening >= 0 else None
         logprobs = protocol.logprobs_for(
-            token_list, rating_at=rating_at if rating_at is not None and rating_at < len(token_list) else None,
-            rating=rating, top_n=top_n,
+            token_list,
+            rating_at=rating_at if rating_at is not None and rating_at < len(token_list) else None,
+            rating=rating,
+            top_n=top_n,
+            free_from=free_from,
         )
     completion = len(token_list) + (0 if finish == "length" else 1)
     return _payload(body, text, logprobs, finish, completion, style.cached_tokens), completion
@@ -169,4 +174,5 @@ def _payload(
             "prompt_tokens_details": None if cached_tokens is None else {"cached_tokens": min(cached_tokens, prompt)},
             "reasoning_tokens": 0,
         },
+        "metadata": {"weight_version": "default"},
     }

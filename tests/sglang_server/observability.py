@@ -85,7 +85,7 @@ def loads(sim: SimulatedSGLang) -> dict[str, Any]:
 def metrics(sim: SimulatedSGLang) -> str:
     """Prometheus text with the labels a real server puts on every sample."""
     core = _core(sim)
-    labels = f'model_name="{sim.behaviour.model_path}",engine_type="unified",tp_rank="0",pp_rank="0"'
+    labels = f'engine_type="unified",model_name="{sim.behaviour.model_path}",moe_ep_rank="0",pp_rank="0",tp_rank="0"'
     with sim.lock:
         total = len(sim.requests)
     lines = []

@@ -26,7 +26,8 @@ from PIL import Image
 
 RATIONALE_HARD_MAX = 4000  # a schema without maxLength: bounded anyway so the test server cannot run away
 MASKED = -3.4028234663852886e38  # float32's minimum: what SGLang reports for a grammar-masked candidate
-MASKED_FILL = ["</s>", "<unk>", "!", "<s>", "#", "$", "%", "&", "'", "(", ")", "*", "+", "-", ".", "/", "0", "1"]
+MASKED_FILL = ["</s>", "<unk>", "!", "<s>", "#", "$", "%", "&", "'", "(", ")", "*", "+", "-", ".", "/", "0", "1",
+               "2", "3", "4", "5", "6", "7", "8", "9", ";", "<", "=", ">"]  # enough for top_logprobs=20
 # First pieces the grammar allows at the rating value and how the model's mass splits over them (the real
 # tokenizer offered S, Safe, Un, U, Uns, Unsafe there). More than 5 allowed pieces: top_logprobs=5 truncates.
 RATING_PIECES = {"Safe": [("S", 0.80), ("Safe", 0.15), ("Sa", 0.05)], "Unsafe": [("Un", 0.7), ("U", 0.12),
@@ -151,17 +152,34 @@ def verdict_tokens(content: str, rating: str, first_piece: str) -> list[str]:
     return tokens(content[:head]) + pieces + tokens(content[head + len(rating) :])
 
 
+FREE_WORDS = ["image", " the", "ing", " a", "Source", " sort", "ed", " of", "Delegate", " is", "er", " to", "al",
+              " success", "s", " in", "ly", " and", "ValueError", " on", "frame"]
+
+
 def logprobs_for(
     token_list: list[str],
     *,
     rating_at: int | None,
     rating: list[tuple[str, float]],
     top_n: int,
+    free_from: int | None = None,
 ) -> dict[str, Any]:
-    """Chat-style ``logprobs.content``: the rating position carries its candidates, the rest are forced tokens."""
+    """Chat-style ``logprobs.content``: the rating position carries its candidates, the JSON syntax is forced (one
+    candidate, the rest masked), and inside the rationale (from ``free_from``) the grammar lets almost anything
+    through, so the real server listed ``top_n`` unmasked candidates there."""
     content = []
     for index, token in enumerate(token_list):
-        if index == rating_at:
+        if free_from is not None and index >= free_from:
+            others = [(w, -2.0 - 0.25 * i) for i, w in enumerate(w for w in FREE_WORDS if w != token)]
+            content.append(
+                {
+                    "token": token,
+                    "logprob": -0.5,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": _padded([(token, -0.5), *others], top_n),
+                }
+            )
+        elif index == rating_at:
             chosen = next(lp for t, lp in rating if t == token)
             content.append(
                 {"token": token, "logprob": chosen, "bytes": list(token.encode()), "top_logprobs": _padded(rating, top_n)}

@@ -1,0 +1,124 @@
+"""The SGLang-protocol test server answers in the shapes a real SGLang 0.5.17 did (``tests/fixtures/sglang-0.5.17``).
+
+A test double that agrees with our client proves nothing; one that agrees with the recorded real server does.
+Whenever a GPU run shows something new, its response goes into the fixtures and a check goes here.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from schemas.models import get_model
+from schemas.policy import Policy
+from schemas.settings import Settings
+from schemas.taxonomy import PromptVersion
+from tests import images
+from tests.sglang_server import SimulatedSGLang
+from tests.sglang_server.protocol import MASKED
+from worker.image import prepare_image
+from worker.inference.base import InferenceRequest
+from worker.inference.scores import response_candidates
+from worker.inference.sglang import SGLangBackend
+
+REAL = Path(__file__).resolve().parent / "fixtures" / "sglang-0.5.17"
+
+
+def real(name: str) -> Any:
+    return json.loads((REAL / name).read_text())
+
+
+def body(sim: SimulatedSGLang, *, with_rationale: bool) -> dict[str, Any]:
+    backend = SGLangBackend(Settings(sglang_url=sim.url), get_model("AIML-TUDA/LlavaGuard-7B"))
+    prepared = prepare_image(images.solid((220, 30, 30)), max_side=336, max_pixels=10**8)
+    text = Policy().text(PromptVersion.V1_0)
+    out = backend.build_body(InferenceRequest(prepared, text, "fid.1", with_rationale=with_rationale, want_score=True))
+    backend.close()
+    return out
+
+
+def post(sim: SimulatedSGLang, payload: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{sim.url}/v1/chat/completions", json=payload, timeout=10)
+
+
+@pytest.mark.parametrize(("fixture", "with_rationale"), [("chat_verdict_only.json", False), ("chat_rationale.json", True)])
+def test_a_completion_has_the_real_servers_fields_and_logprob_layout(
+    sim: SimulatedSGLang, fixture: str, with_rationale: bool
+) -> None:
+    ours = post(sim, body(sim, with_rationale=with_rationale)).json()
+    theirs = real(fixture)
+    assert set(theirs) == set(ours)
+    assert set(theirs["choices"][0]) == set(ours["choices"][0])
+    assert set(theirs["usage"]) <= set(ours["usage"]) | {"prompt_tokens_details"}
+    for response in (ours, theirs):
+        content = response["choices"][0]["logprobs"]["content"]
+        # up to what was asked: masked candidates pad forced positions; the real server merges candidates whose
+        # text is the same ("\ufffd" for split bytes), so a free position may list one or two fewer
+        assert all(18 <= len(t["top_logprobs"]) <= 20 for t in content)
+        assert {"token", "logprob", "bytes", "top_logprobs"} <= set(content[0])
+        assert any(c["logprob"] == MASKED for t in content for c in t["top_logprobs"])
+        text = response["choices"][0]["message"]["content"]
+        assert text.startswith('{"rating": "')  # xgrammar's compact layout
+        pieces = {c["token"] for c in response_candidates(response) or [] if c["logprob"] > -1e30}
+        assert pieces <= {"S", "Safe", "Sa", "Saf", "U", "Un", "Uns", "Unsafe"} and len(pieces) >= 3
+
+
+def test_logprobs_are_tempered_unless_the_server_runs_with_original_logprobs(sim: SimulatedSGLang) -> None:
+    def rating_gap(temperature: float) -> float:
+        payload = body(sim, with_rationale=False) | {"temperature": temperature}
+        candidates = response_candidates(post(sim, payload).json()) or []
+        values = sorted((c["logprob"] for c in candidates if c["logprob"] > -1e30), reverse=True)
+        return values[0] - values[1]
+
+    assert pytest.approx(5.0, rel=0.01) == rating_gap(0.2) / rating_gap(1.0)  # like the real 5.65 vs 1.19
+    sim.configure(original_logprob=True)
+    assert pytest.approx(1.0, rel=0.01) == rating_gap(0.2) / rating_gap(1.0)
+
+
+def test_a_rid_already_in_flight_gets_the_real_servers_400(sim: SimulatedSGLang) -> None:
+    sim.configure(latency_s=0.3)
+    payload = body(sim, with_rationale=False) | {"rid": "dup-rid-1"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = sorted(pool.map(lambda _: post(sim, payload), range(2)), key=lambda r: r.status_code)
+    expected = real("contract-tiny.json")["duplicate_rid_concurrent"][1]["body"]
+    assert [200, 400] == [a.status_code for a in answers]
+    assert "Duplicate request ID detected: dup-rid-1" in expected
+    assert "Duplicate request ID detected: dup-rid-1" == answers[1].json()["message"]
+
+
+def test_the_endpoints_answer_like_0_5_17(sim: SimulatedSGLang) -> None:
+    statuses = {path: v["status"] for path, v in real("endpoints.json").items()}
+    for path, status in statuses.items():
+        if path.startswith("GET "):
+            assert status == httpx.get(f"{sim.url}{path[4:]}", timeout=5).status_code, path
+    assert set(real("model_info.json")) - {"embedding"} <= set(httpx.get(f"{sim.url}/model_info").json())
+    ours = httpx.get(f"{sim.url}/v1/loads").json()
+    theirs = real("v1_loads.json")
+    assert set(theirs) <= set(ours)
+    core = {k for k, v in theirs["loads"][0].items() if not isinstance(v, dict | list)}
+    assert core - {"total_prefill_uncached_tokens", "total_prefill_busy_us"} <= set(ours["loads"][0])
+    metrics = httpx.get(f"{sim.url}/metrics").text
+    assert 'sglang:num_queue_reqs{engine_type="unified",model_name=' in metrics
+
+
+def test_a_budget_cut_ends_like_the_real_one(sim: SimulatedSGLang) -> None:
+    """maxLength 4000 and few tokens: finish_reason length, the string left open after rating and category."""
+    sim.configure(rationale_chars=4000)
+    payload = body(sim, with_rationale=True)
+    payload["response_format"]["json_schema"]["schema"]["properties"]["rationale"]["maxLength"] = 4000
+    payload["max_tokens"] = 60
+    ours = post(sim, payload).json()
+    theirs = real("contract-tiny.json")["guardq_body_exact"]
+    assert theirs["finish_reason"] == ours["choices"][0]["finish_reason"] == "length"
+    assert "Unterminated string" in theirs["parse_error"]
+    with pytest.raises(json.JSONDecodeError, match="Unterminated string"):
+        json.loads(ours["choices"][0]["message"]["content"])
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_five_seconds_like_uvicorn(sim: SimulatedSGLang) -> None:
+    assert 5 == sim.httpd.RequestHandlerClass.timeout
