@@ -27,7 +27,7 @@ import httpx
 import redis
 
 from tests.gpu import probes
-from tests.gpu.run_e2e import MODEL, ROOT, collect, enqueue, noise_jpeg, wait_node
+from tests.gpu.run_e2e import MODEL, ROOT, collect, enqueue, noise_jpeg, stop, wait_node
 
 
 def direct(url: str, concurrency: int, n: int, seed0: int) -> dict[str, Any]:
@@ -181,9 +181,5 @@ def run(env: dict[str, str], url: str, redis_port: int, out: Path, n: int) -> di
         results["interactive_under_backlog"] = interactive_under_backlog(env, redis_port)
         print("interactive", results["interactive_under_backlog"], flush=True)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
     return results

@@ -91,6 +91,17 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
     raise TimeoutError(f"{url} not ready after {timeout_s}s")
 
 
+def stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout_s``."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_node(redis_port: int, node: str, proc: subprocess.Popen[bytes], *, launched: bool = False) -> float:
     """Seconds until the worker node consumes (and, for a launched fleet, its server is ready)."""
     client = redis.Redis(port=redis_port)
@@ -247,11 +258,7 @@ def capacity_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         results: dict[str, Any] = {"mode": "capacity", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
         results |= capacity.run(env, f"http://127.0.0.1:{args.port}", args.redis_port, out, args.jobs)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     return results
 
 
@@ -279,12 +286,7 @@ def attached(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         results |= run_jobs(env, args.jobs, 500_000, args.timeout)
     finally:
         for proc in (worker, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(proc)
     results["worker_log"] = log_counts(out / "worker")
     return results
 
