@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.dataset import DatasetSample
 from schemas.errors import ErrorCode
 from schemas.policy import PolicyInfo
 from schemas.taxonomy import PromptVersion
@@ -88,6 +89,7 @@ class EventData(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    sample: DatasetSample | None = None  # the job's dataset row (shard, key, index), for per-shard results
 
 
 class CloudEvent(BaseModel):

@@ -51,6 +51,7 @@ def completed_event(
         model=model,
         timings=timings,
         metadata=job.metadata,
+        sample=job.sample,
     )
     return CloudEvent(
         id=event_id(job.job_id),
@@ -99,6 +100,7 @@ def failed_event(
         timings=timings or Timings(),
         metadata=job.metadata if job else {},
         error=info,
+        sample=job.sample if job else None,
     )
     return CloudEvent(
         id=event_id(job_id),
