@@ -129,7 +129,9 @@ class MemoryS3:
             raise _error("PreconditionFailed", 412)
         return self.objects[(bucket, key)]
 
-    def get_object(self, *, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None, **_: Any) -> dict[str, Any]:  # noqa: N803
+    def get_object(
+        self, *, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None, **_: Any
+    ) -> dict[str, Any]:  # noqa: N803
         self.calls["get_object"] += 1
         body = self._find(Bucket, Key, IfMatch)
         if Range is not None:
