@@ -131,7 +131,7 @@ class MemoryS3:
 
     def get_object(
         self, *, Bucket: str, Key: str, Range: str | None = None, IfMatch: str | None = None, **_: Any
-    ) -> dict[str, Any]:  # noqa: N803
+    ) -> dict[str, Any]:
         self.calls["get_object"] += 1
         body = self._find(Bucket, Key, IfMatch)
         if Range is not None:
@@ -143,7 +143,7 @@ class MemoryS3:
         self.bytes_sent += len(body)
         return {"Body": _Body(body), "ContentLength": len(body)}
 
-    def head_object(self, *, Bucket: str, Key: str, IfMatch: str | None = None, **_: Any) -> dict[str, Any]:  # noqa: N803
+    def head_object(self, *, Bucket: str, Key: str, IfMatch: str | None = None, **_: Any) -> dict[str, Any]:
         self.calls["head_object"] += 1
         body = self._find(Bucket, Key, IfMatch)
         return {"ContentLength": len(body), "ETag": f'"{self.etag(Bucket, Key)}"'}
@@ -152,7 +152,7 @@ class MemoryS3:
         assert name == "list_objects_v2"
         return self
 
-    def paginate(self, *, Bucket: str, Prefix: str, PaginationConfig: dict[str, int], StartAfter: str = "") -> Any:  # noqa: N803
+    def paginate(self, *, Bucket: str, Prefix: str, PaginationConfig: dict[str, int], StartAfter: str = "") -> Any:
         keys = sorted(k for b, k in self.objects if b == Bucket and k.startswith(Prefix) and k > StartAfter)
         size = PaginationConfig["PageSize"]
         for i in range(0, max(len(keys), 1), size):
