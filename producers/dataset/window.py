@@ -2,10 +2,13 @@
 
 Used to walk tar headers (512 bytes each, data skipped by seeking) and to read Parquet footers and key columns
 without ever holding or spooling the whole object: a read inside the current window costs nothing, a read outside
-it fetches the next ``window`` bytes from there (one ``Range`` GET), and a read larger than the window is one GET
-of exactly that size. Small members therefore cost one GET per window of them; a large member costs one GET for
-the header after it, never its data. Every GET is conditional on the object's ETag, so a shard rewritten while it
-is walked fails loudly instead of mixing two layouts.
+it fetches the next window from there (one ``Range`` GET), and a read larger than the window is one GET of exactly
+that size. The window adapts: one that served many reads (small members, several headers per window) doubles up
+to ``window`` bytes, one that served a single header (a member larger than the window) halves down to 64 KiB. So
+small members cost one GET per window of them and are read through (fewer round trips than skipping), while large
+members cost one small GET per header and their data is never fetched. Memory stays at one window whatever the
+object's size. Every GET is conditional on the object's ETag, so a shard rewritten while it is walked fails
+loudly instead of mixing two layouts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from producers.backfill.sources import s3_error
 from schemas.errors import ErrorCode, PermanentError
 
 DEFAULT_WINDOW = 1 << 20
+MIN_WINDOW = 64 << 10
 
 
 @dataclass
@@ -45,6 +49,8 @@ class S3Window(io.RawIOBase):
         self.size = size
         self._etag = etag
         self._window = window
+        self._fetch = window  # the next window's size (adapts between MIN_WINDOW and window)
+        self._hits = 0  # reads served by the current window
         self._pos = 0
         self._buf = b""
         self._buf_start = 0
@@ -78,7 +84,8 @@ class S3Window(io.RawIOBase):
                 data = self._get(self._pos, end)  # a big read (a Parquet column chunk): exactly it, not kept
                 self._pos += len(data)
                 return data
-            self._buf_start, self._buf = self._pos, self._get(self._pos, min(self.size, self._pos + self._window))
+            self._refill()
+        self._hits += 1
         start = self._pos - self._buf_start
         data = self._buf[start : start + (end - self._pos)]
         self._pos += len(data)
@@ -88,6 +95,13 @@ class S3Window(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def _refill(self) -> None:
+        if self._buf:
+            few = self._hits <= 2  # a header and the byte before it: the window's rest was skipped data
+            self._fetch = max(self._fetch // 2, MIN_WINDOW) if few else min(self._fetch * 2, self._window)
+        self._hits = 0
+        self._buf_start, self._buf = self._pos, self._get(self._pos, min(self.size, self._pos + self._fetch))
 
     def _get(self, start: int, end: int) -> bytes:
         params: dict[str, Any] = {"Bucket": self._bucket, "Key": self._key, "Range": f"bytes={start}-{end - 1}"}
