@@ -57,7 +57,8 @@ LOCK_TTL_S = 300
 
 _STAGE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  for i = 4, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  for i = 5, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('XACK', KEYS[3], ARGV[2], unpack(cjson.decode(ARGV[3])))
 return redis.call('HLEN', KEYS[2])
@@ -97,15 +98,23 @@ class ShardResults:
         self._release = client.register_script(_RELEASE)
         self._wrote_manifest = client.register_script(_WROTE_MANIFEST)
         self._targets: dict[str, dict[str, str]] = {}
+        # A backfill's results format is fixed before its first job is sent, so "not Parquet" is final: remembered.
+        self._not_ours: set[str] = set()
         self._manifest_at: dict[str, float] = {}
         self.files_written = 0
 
     def accepts(self, backfill_id: str) -> bool:
-        if backfill_id not in self._targets:
-            target = dataset_target(self.redis, backfill_id)
-            if target is None:
-                return False
-            self._targets[backfill_id] = target
+        if backfill_id in self._targets:
+            return True
+        if backfill_id in self._not_ours:
+            return False
+        target = dataset_target(self.redis, backfill_id)
+        if target is None:
+            if len(self._not_ours) >= 100_000:
+                self._not_ours.clear()
+            self._not_ours.add(backfill_id)
+            return False
+        self._targets[backfill_id] = target
         return True
 
     def stage(self, entries: list[Entry]) -> None:
@@ -124,7 +133,7 @@ class ShardResults:
             self.redis.xack(self._stream, self._group, *unusable)  # type: ignore[no-untyped-call]
         for (backfill, shard_uri), group in groups.items():
             shard_key = shard_uri[len("s3://") :].partition("/")[2]
-            args: list[Any] = [shard_key, self._group, json.dumps([e.id for e in group])]
+            args: list[Any] = [shard_key, self._group, json.dumps([e.id for e in group]), self.settings.job_ttl_s]
             for entry in group:
                 assert entry.event is not None
                 args += [entry.event.data.job_id, json.dumps(result_row(entry.event))]
