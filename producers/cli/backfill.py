@@ -31,8 +31,6 @@ from producers.backfill.status import backfill_status
 from producers.cli.common import check_policy_ref, fail, job_queue, parse_meta, redis_errors, settings
 from producers.cli.dataset import check_first_parquet, claim_results, dataset_fields, print_shards
 from producers.cli.results import report as results_report
-from producers.dataset.results import register_dataset_results
-from producers.dataset.runner import DatasetRunner
 from producers.results.targets import register_results, split_s3_uri
 from producers.s3client import make_s3_client, parse_s3_url
 from schemas.errors import GuardqError
@@ -266,6 +264,8 @@ def _register_results(record: BackfillRecord) -> None:
     """Before the run's first job, on every run: the results sink must know the backfill's events."""
     opts = record.options
     if opts.results and opts.results_format == "parquet":
+        from producers.dataset.results import register_dataset_results  # pyarrow: only for dataset backfills
+
         register_dataset_results(job_queue().redis, record.backfill_id, opts.results, opts.prefix)
     elif opts.results:
         register_results(job_queue().redis, record.backfill_id, opts.results)
@@ -291,7 +291,11 @@ def _run_with_signals(record: BackfillRecord, *, dry_run: bool, log_interval: fl
     reporter = RichReporter() if sys.stderr.isatty() else LogReporter(log_interval)
     try:
         with reporter:
-            runner_class = DatasetRunner if record.options.dataset else BackfillRunner
+            runner_class = BackfillRunner
+            if record.options.dataset:
+                from producers.dataset.runner import DatasetRunner  # pyarrow: only for dataset backfills
+
+                runner_class = DatasetRunner
             runner = runner_class(
                 record,
                 s3=kw["s3"],

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 import typer
 
 from producers.backfill.checkpoint import BackfillOptions
 from producers.backfill.sources import list_pages
 from producers.cli.common import fail
-from producers.dataset.resultfile import read_manifest
 from producers.dataset.window import S3Window
 from producers.rediskeys import DATASET_RESULTS_OWNERS
 from schemas.errors import GuardqError
@@ -66,6 +63,9 @@ def check_first_parquet(s3: Any, options: BackfillOptions) -> None:
     """``--format parquet``: the first file under the prefix must have the named columns (typos fail now)."""
     if options.format != "parquet":
         return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     for page in list_pages(s3, options.bucket, options.prefix, page_size=1000):
         first = next((obj for obj in page if obj.key.endswith(".parquet")), None)
         if first is None:
@@ -88,6 +88,8 @@ def check_first_parquet(s3: Any, options: BackfillOptions) -> None:
 def claim_results(client: redis.Redis[bytes], s3: Any, backfill_id: str, uri: str) -> None:
     """One backfill per Parquet results location (its files are named after the input shards, not the backfill):
     claimed for ``backfill_id`` before that backfill's record is created."""
+    from producers.dataset.resultfile import read_manifest
+
     owner = client.hget(DATASET_RESULTS_OWNERS, uri)
     if owner is not None and owner.decode() != backfill_id:
         fail(f"--results {uri} already holds the results of backfill {owner.decode()}; choose another prefix")
