@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from producers.dataset.samples import Sample, Shard, ShardDone, ShardSummary
+from producers.dataset.samples import SKIP_LONG_KEY, Sample, Shard, ShardDone, ShardSummary, too_long
 from producers.dataset.webdataset import SKIP_NOT_DOWNLOADED
 from producers.dataset.window import S3Window
 from schemas.dataset import AbsentMember, ParquetCell
@@ -56,12 +56,13 @@ def parquet_samples(
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=wanted or [column]):
             values = {name: batch.column(name).to_pylist() for name in wanted}
             for i in range(batch.num_rows):
-                key = values[key_column][i] if key_column in values else position
+                key = str(values[key_column][i] if key_column in values else position)
                 status = values["status"][i] if "status" in values else "success"
                 summary.rows += 1
-                if status != "success":
-                    summary.skip(SKIP_NOT_DOWNLOADED)
-                    yield Sample(shard, position, position, str(key), None, skip=SKIP_NOT_DOWNLOADED)
+                if status != "success" or too_long(key):
+                    reason = SKIP_NOT_DOWNLOADED if status != "success" else SKIP_LONG_KEY
+                    summary.skip(reason)
+                    yield Sample(shard, position, position, key, None, skip=reason)
                 else:
                     summary.jobs += 1
                     if image_column is not None:
@@ -69,8 +70,8 @@ def parquet_samples(
                         ref = ImageRef(uri=shard.uri, etag=shard.etag, member=cell)
                     else:
                         assert url_column is not None
-                        ref = _url_ref(shard, str(key), values[url_column][i], summary)
-                    yield Sample(shard, position, position, str(key), ref)
+                        ref = _url_ref(shard, key, values[url_column][i], summary)
+                    yield Sample(shard, position, position, key, ref)
                 position += 1
                 row += 1
     yield ShardDone(shard, position, summary)

@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.dataset import MAX_KEY_CHARS
 from schemas.job import ImageRef
 
 SKIP_SIZE = "size"  # image larger than --max-bytes
 SKIP_OTHER = "other"  # a member group that is no sample (keys starting with "__")
+SKIP_LONG_KEY = "key_too_long"  # a key or member name longer than a job may carry (schemas/dataset.py)
+
+
+def too_long(*names: str) -> bool:
+    return any(len(name) > MAX_KEY_CHARS for name in names)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from producers.dataset.samples import SKIP_OTHER, SKIP_SIZE, Sample, Shard, ShardDone, ShardSummary
+from producers.dataset.samples import (
+    SKIP_LONG_KEY,
+    SKIP_OTHER,
+    SKIP_SIZE,
+    Sample,
+    Shard,
+    ShardDone,
+    ShardSummary,
+    too_long,
+)
 from producers.dataset.tarwalk import TarEntry, WalkEnd, walk_tar
 from producers.dataset.window import S3Window
 from schemas.dataset import AbsentMember, TarMember
@@ -93,10 +102,11 @@ def webdataset_samples(
     for key, downloaded in (listed or {}).items():
         if key in seen:
             continue
-        if not downloaded:
+        if not downloaded or too_long(key):
+            reason = SKIP_LONG_KEY if downloaded else SKIP_NOT_DOWNLOADED
             summary.rows += 1
-            summary.skip(SKIP_NOT_DOWNLOADED)
-            yield Sample(shard, position, position, key, None, skip=SKIP_NOT_DOWNLOADED)
+            summary.skip(reason)
+            yield Sample(shard, position, position, key, None, skip=reason)
             position += 1
             continue
         why = f"the sidecar lists sample {key} as downloaded but the shard has no member for it"
@@ -119,6 +129,9 @@ def _tar_sample(
     if key.startswith("__"):  # WebDataset's reserved keys (__key__, __meta__…): not a sample
         summary.skip(SKIP_OTHER)
         return Sample(shard, position, position, key, None, skip=SKIP_OTHER)
+    if too_long(key, *(m.name for m in members)):
+        summary.skip(SKIP_LONG_KEY)
+        return Sample(shard, position, position, key, None, skip=SKIP_LONG_KEY)
     image = _image_of(members)
     if image is None:
         names = ", ".join(m.name for m in members)[:300]

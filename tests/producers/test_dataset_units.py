@@ -281,3 +281,16 @@ def test_results_files_keep_the_shards_relative_name_and_are_deterministic() -> 
 
     table = pq.read_table(io.BytesIO(parquet_bytes([row, other])))
     assert (["k0", "k"], [None, "Safe"]) == (table.column("key").to_pylist(), table.column("rating").to_pylist())
+
+
+def test_a_key_too_long_for_a_job_is_skipped_and_counted_not_a_crash() -> None:
+    s3 = MemoryS3()
+    long_key = "k" * 1100
+    shard = shard_of(s3, "d/4.tar", tar_shard([(long_key, {"jpg": b"x"}), ("ok", {"jpg": b"y"})]))
+    units = list(webdataset_samples(s3, shard))
+    assert [("key_too_long", None), (None, "ok")] == [(s.skip, s.key if s.skip is None else None) for s in rows(units)]
+    assert (2, 1, {"key_too_long": 1}) == (
+        done(units).summary.rows,
+        done(units).summary.jobs,
+        done(units).summary.skipped,
+    )
