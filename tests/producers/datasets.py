@@ -114,13 +114,15 @@ class MemoryS3:
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     bytes_sent: int = 0
+    etags: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def put(self, bucket: str, key: str, body: bytes) -> str:
         self.objects[(bucket, key)] = body
+        self.etags[(bucket, key)] = hashlib.md5(body, usedforsecurity=False).hexdigest()
         return self.etag(bucket, key)
 
     def etag(self, bucket: str, key: str) -> str:
-        return hashlib.md5(self.objects[(bucket, key)], usedforsecurity=False).hexdigest()
+        return self.etags[(bucket, key)]
 
     def _find(self, bucket: str, key: str, if_match: str | None) -> bytes:
         if (bucket, key) not in self.objects:
