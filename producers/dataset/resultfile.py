@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 
 from producers.results.targets import split_s3_uri
 from schemas.events import CloudEvent
@@ -119,11 +120,15 @@ def summarize(body: bytes, bucket: str, key: str) -> dict[str, Any]:
 
 
 def read_manifest(s3: Any, results_uri: str) -> dict[str, Any] | None:
+    """The manifest, or None while there is none (no shard finished yet)."""
     bucket, key = manifest_object(results_uri)
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return None
+    except ClientError as exc:
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status == 404 or str(exc.response.get("Error", {}).get("Code", "")) in {"NoSuchKey", "404"}:
+            return None
+        raise
     doc: dict[str, Any] = json.loads(body)
     return doc
 

@@ -25,6 +25,7 @@ import redis as redis_lib
 
 from producers.backfill.checkpoint import BackfillStore
 from producers.dataset.resultfile import read_manifest, read_results
+from producers.events import last_id
 from producers.results.sink import ResultsSink
 from schemas.events import CloudEvent
 from schemas.settings import Settings
@@ -177,10 +178,10 @@ def kill_at_cap(proc: subprocess.Popen[str], client: redis_lib.Redis, queue: str
         proc.kill()
 
 
-def events_of(client: redis_lib.Redis, backfills: set[str]) -> Counter[str]:
-    """How many terminal events each job of these backfills has on the stream."""
+def events_of(client: redis_lib.Redis, backfills: set[str], after: str) -> Counter[str]:
+    """How many terminal events each job of these backfills has on the stream (entries after ``after``)."""
     counts: Counter[str] = Counter()
-    for _, fields in client.xrange("guardq:verdicts"):
+    for _, fields in client.xrange("guardq:verdicts", min=f"({after}"):
         event = CloudEvent.model_validate_json(fields[b"event"])
         if event.data.backfill_id in backfills:
             counts[event.data.job_id] += 1
@@ -201,6 +202,7 @@ def test_a_killed_and_resumed_dataset_backfill_gives_every_row_exactly_once_with
     tmp_path: Path,
 ) -> None:
     root = f"ds-{uuid.uuid4().hex[:8]}/"
+    start = last_id(redis_client)
     wds, pq = webdataset_collection(s3_client, root), parquet_collection(s3_client, root)
     env = cli_env(worker_env)
     results = {"wds": f"s3://{BUCKET}/{root}verdicts-wds", "pq": f"s3://{BUCKET}/{root}verdicts-pq"}
@@ -233,7 +235,7 @@ def test_a_killed_and_resumed_dataset_backfill_gives_every_row_exactly_once_with
         resumed = {
             name: start_backfill(env, "--resume", bid, "--max-pending", "4", "--json") for name, bid in ids.items()
         }
-        wait_until(lambda: sum(events_of(redis_client, set(ids.values())).values()) >= 6, 60, "first verdicts")
+        wait_until(lambda: sum(events_of(redis_client, set(ids.values()), start).values()) >= 6, 60, "first verdicts")
         os.killpg(workers[0].proc.pid, signal.SIGKILL)
         workers[0].proc.wait(10)
         workers.append(start_worker(w_env, Path(str(tmp_path)) / "w", name="ds2", args=worker_args))
@@ -264,7 +266,7 @@ def test_a_killed_and_resumed_dataset_backfill_gives_every_row_exactly_once_with
             assert len(got) == len({r["job_id"] for r in got}) == shard["rows"]
             stem = shard["shard"][len(col.prefix) :].rsplit(".", 1)[0]
             assert f"{results[name]}/{stem}.parquet" == shard["object"]  # same name as its input shard
-    every = events_of(redis_client, set(ids.values()))
+    every = events_of(redis_client, set(ids.values()), start)
     total = sum(len(rows) for col in (wds, pq) for rows in col.expected.values())
     assert (total, {1}) == (len(every), set(every.values()))  # one terminal event per row, no more
     redelivered = [int(redis_client.hget(f"guardq:job:{j}", "deliveries") or 0) for j in every]
