@@ -28,10 +28,10 @@ from producers.backfill.runner import BackfillRunner
 from producers.backfill.session import Outcome, execute
 from producers.backfill.sources import s3_error
 from producers.backfill.status import backfill_status
+from producers.cli import dataset as ds
 from producers.cli.common import check_policy_ref, fail, job_queue, parse_meta, redis_errors, settings
-from producers.cli.dataset import check_first_parquet, claim_results, dataset_fields, print_shards
 from producers.cli.results import report as results_report
-from producers.results.targets import register_results, split_s3_uri
+from producers.results.targets import split_s3_uri
 from producers.s3client import make_s3_client, parse_s3_url
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob, Priority
@@ -97,7 +97,7 @@ def _new_options(
     except (ClientError, BotoCoreError) as exc:
         raise s3_error(exc, f"s3://{bucket}") from None
     options = BackfillOptions(source=source, mode="list", bucket=bucket, prefix=prefix, **common)
-    check_first_parquet(s3, options)
+    ds.check_first_parquet(s3, options)
     return options
 
 
@@ -139,21 +139,11 @@ def run(
             "count them with `guardq backfill report ID`."
         ),
     ] = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format", help="What the prefix holds: objects (one image each), webdataset (tar shards) or parquet."
-        ),
-    ] = "objects",
-    key_column: Annotated[
-        str | None, typer.Option(help="Dataset: the sample key column of Parquet files and sidecars (default key).")
-    ] = None,
-    image_column: Annotated[str | None, typer.Option(help="--format parquet: column of image bytes.")] = None,
-    url_column: Annotated[str | None, typer.Option(help="--format parquet: column of image URLs.")] = None,
-    results_format: Annotated[
-        str | None,
-        typer.Option(help="jsonl (default) or parquet: one verdicts Parquet per input shard, plus _manifest.json."),
-    ] = None,
+    fmt: ds.FormatOption = "objects",
+    key_column: ds.KeyColumnOption = None,
+    image_column: ds.ImageColumnOption = None,
+    url_column: ds.UrlColumnOption = None,
+    results_format: ds.ResultsFormatOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue the backfill with this id where it stopped.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be enqueued; send nothing.")] = False,
     log_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between progress lines (no TTY).")] = 10.0,
@@ -206,7 +196,7 @@ def _run(
             if record.progress.state == "finished":
                 fail(f"backfill {resume} already finished; start a new one to moderate again")
         else:
-            dataset = dataset_fields(
+            dataset = ds.dataset_fields(
                 fmt,
                 key_column=key_column,
                 image_column=image_column,
@@ -236,13 +226,13 @@ def _run(
                 store = BackfillStore(job_queue().redis)
                 backfill_id = new_backfill_id()
                 if options.results_format == "parquet" and options.results:
-                    claim_results(job_queue().redis, s3, backfill_id, options.results)
+                    ds.claim_results(job_queue().redis, s3, backfill_id, options.results)
                 record = store.create(options, backfill_id)
         lease = None
         if store is not None:
             lease = RunLease(job_queue().redis, record.backfill_id, cfg.backfill_lock_ttl_s)
             lease.acquire()
-            _register_results(record)
+            ds.register_results_of(job_queue().redis, record)
             record.progress.state, record.progress.error = "running", ""
             store.save_state(record)
     except GuardqError as exc:
@@ -258,17 +248,6 @@ def _run(
         log_interval=log_interval,
     )
     _summary(outcome, as_json=as_json, dry_run=dry_run)
-
-
-def _register_results(record: BackfillRecord) -> None:
-    """Before the run's first job, on every run: the results sink must know the backfill's events."""
-    opts = record.options
-    if opts.results and opts.results_format == "parquet":
-        from producers.dataset.results import register_dataset_results  # pyarrow: only for dataset backfills
-
-        register_dataset_results(job_queue().redis, record.backfill_id, opts.results, opts.prefix)
-    elif opts.results:
-        register_results(job_queue().redis, record.backfill_id, opts.results)
 
 
 def _dry_record(options: BackfillOptions) -> BackfillRecord:
@@ -389,7 +368,7 @@ def status(
         if report[key]:
             typer.echo(f"  {key:<12} {report[key]}")
     if "dataset" in report:
-        print_shards(report, every=shards)
+        ds.print_shards(report, every=shards)
     if not report["tally_caught_up"]:
         typer.echo("  (verdict tally still catching up; run status again)")
     if report["tally_gap"]:

@@ -3,20 +3,38 @@ claiming a Parquet results location, and printing the per-shard status."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 import typer
 
-from producers.backfill.checkpoint import BackfillOptions
+from producers.backfill.checkpoint import BackfillOptions, BackfillRecord
 from producers.backfill.sources import list_pages
 from producers.cli.common import fail
 from producers.dataset.window import S3Window
 from producers.rediskeys import DATASET_RESULTS_OWNERS
+from producers.results.targets import register_results
 from schemas.errors import GuardqError
 
 FORMATS = ("objects", "webdataset", "parquet")
 RESULTS_FORMATS = ("jsonl", "parquet")
+
+# The options `guardq backfill run` takes for dataset mode (docs/datasets.md).
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format", help="What the prefix holds: objects (one image each), webdataset (tar shards) or parquet."
+    ),
+]
+KeyColumnOption = Annotated[
+    str | None, typer.Option(help="Dataset: the sample key column of Parquet files and sidecars (default key).")
+]
+ImageColumnOption = Annotated[str | None, typer.Option(help="--format parquet: column of image bytes.")]
+UrlColumnOption = Annotated[str | None, typer.Option(help="--format parquet: column of image URLs.")]
+ResultsFormatOption = Annotated[
+    str | None,
+    typer.Option(help="jsonl (default) or parquet: one verdicts Parquet per input shard, plus _manifest.json."),
+]
 
 
 def dataset_fields(
@@ -131,3 +149,14 @@ def print_shards(report: dict[str, Any], *, every: bool) -> None:
         typer.echo(line)
         for problem in shard["problems"]:
             typer.echo(f"      problem: {problem}")
+
+
+def register_results_of(client: redis.Redis[bytes], record: BackfillRecord) -> None:
+    """Before the run's first job, on every run: the results sink must know the backfill's events."""
+    opts = record.options
+    if opts.results and opts.results_format == "parquet":
+        from producers.dataset.results import register_dataset_results  # pyarrow: only for dataset backfills
+
+        register_dataset_results(client, record.backfill_id, opts.results, opts.prefix)
+    elif opts.results:
+        register_results(client, record.backfill_id, opts.results)
