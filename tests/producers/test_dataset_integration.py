@@ -209,7 +209,7 @@ def test_a_killed_and_resumed_dataset_backfill_gives_every_row_exactly_once_with
     cap = 5
     common = ["--max-pending", str(cap), "--page-size", "4", "--results-format", "parquet", "--json"]
     sink_settings = settings.model_copy(update={"results_batch_events": 5, "results_batch_s": 0.3})
-    sim.configure(latency_s=0.4)  # jobs stay in flight long enough for the worker kill to catch some
+    sim.configure(latency_s=0.4)
     workers: list[Service] = []
     with RunningSink(ResultsSink(redis_client, s3_client, sink_settings, consumer=f"ds-{root[3:-1]}")):
         # 1. Both backfills fill their queue (nobody drains it yet) and are killed with SIGKILL mid-shard.
@@ -236,15 +236,21 @@ def test_a_killed_and_resumed_dataset_backfill_gives_every_row_exactly_once_with
             name: start_backfill(env, "--resume", bid, "--max-pending", "4", "--json") for name, bid in ids.items()
         }
         wait_until(lambda: sum(events_of(redis_client, set(ids.values()), start).values()) >= 6, 60, "first verdicts")
+        sim.configure(latency_s=5.0)  # the worker's next jobs stay in inference: the kill catches them in flight
+        wait_until(lambda: sim.running >= 2, 30, "jobs in flight on the first worker")
         os.killpg(workers[0].proc.pid, signal.SIGKILL)
         workers[0].proc.wait(10)
+        sim.configure(latency_s=0.4)
         workers.append(start_worker(w_env, Path(str(tmp_path)) / "w", name="ds2", args=worker_args))
         try:
             for name, proc in resumed.items():
                 out, err = proc.communicate(timeout=120)
                 assert 0 == proc.returncode, err
                 summary = json.loads(out)
-                assert ("finished", ids[name]) == (summary["state"], summary["backfill_id"])
+                jobs = sum(len(rows) for rows in (wds if name == "wds" else pq).expected.values())
+                assert ("finished", ids[name], jobs, jobs - cap) == (
+                    summary["state"], summary["backfill_id"], summary["enqueued"], summary["enqueued_this_run"]
+                )  # fmt: skip
 
             # 3. Every shard's results file appears once its last row is in; the manifests say complete.
             for name in ids:
