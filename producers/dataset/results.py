@@ -13,8 +13,8 @@ For a backfill registered with ``--results-format parquet``, the sink hands each
    staging hash; then the manifest (``_manifest.json``, every written shard) is rewritten, at most every
    ``GUARDQ_RESULTS_BATCH_S`` and always when the backfill is complete.
 
-A sink that dies between steps leaves the shard in the unwritten set; every sink sweeps those at start and every
-``GUARDQ_RESULTS_BATCH_S``, so any live sink finishes it. A per-shard lock keeps two sinks from building the same
+A sink that dies between steps (or meets an S3 error, logged as ``shard_results_deferred``) leaves the shard in the
+unwritten set; every sink sweeps those at start and every ``GUARDQ_RESULTS_BATCH_S``, so any live sink finishes it. A per-shard lock keeps two sinks from building the same
 file at once (harmless anyway: same rows, same bytes).
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from producers.backfill.checkpoint import BackfillStore
 from producers.consumer import Entry
@@ -163,7 +163,11 @@ class ShardResults:
             staged = int(self.redis.hlen(dataset_staged_key(backfill, shard_key)))
         if staged < expected:
             return 0
-        return self._write(backfill, shard_key)
+        try:
+            return self._write(backfill, shard_key)
+        except (ClientError, BotoCoreError) as exc:  # S3 unavailable: the rows are safe in Redis; a later sweep writes
+            log.warning("shard_results_deferred", backfill_id=backfill, shard=shard_key, error=str(exc))
+            return 0
 
     def _write(self, backfill: str, shard_key: str) -> int:
         lock, token = dataset_lock_key(backfill, shard_key), uuid.uuid4().hex
@@ -225,7 +229,7 @@ class ShardResults:
             self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
             self._wrote_manifest(keys=[dataset_manifest_key(backfill)], args=[seq, "1" if complete else "0"])
             self._manifest_at[backfill] = time.monotonic()
-        except GuardqError as exc:
+        except (GuardqError, ClientError, BotoCoreError) as exc:  # the next sweep tries again
             log.warning("manifest_not_written", backfill_id=backfill, error=str(exc))
         finally:
             self._release(keys=[lock], args=[token])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from botocore.exceptions import ClientError
 
 from producers.backfill.checkpoint import BackfillOptions, BackfillStore
 from producers.dataset.resultfile import read_manifest, read_results
@@ -165,3 +166,40 @@ def test_a_sink_that_dies_after_its_put_leaves_the_shard_to_the_next_sink_with_t
     assert not redis_client.sismember(dataset_unwritten_key(ds.id), ds.shard("00000.tar"))
     manifest = read_manifest(s3_client, ds.results)
     assert manifest is not None and (True, 4) == (manifest["complete"], manifest["rows"])
+
+
+class S3DownOnce(ShardResults):
+    """The first PUT of a results file meets an S3 outage (503)."""
+
+    failures = 1
+
+    def _put_once(self, bucket: str, key: str, body: bytes) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ClientError(
+                {"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject"
+            )
+        super()._put_once(bucket, key, body)
+
+
+def test_an_s3_outage_while_writing_defers_the_shard_to_the_next_sweep_without_stopping_the_sink(
+    redis_client: redis_lib.Redis, s3_client: Any, sink_settings: Settings
+) -> None:
+    ds = Dataset(redis_client, {"00000.tar": 2})
+    slow = sink_settings.model_copy(update={"results_batch_s": 600.0})  # no periodic sweep inside this test's steps
+    sink = ResultsSink(redis_client, s3_client, slow, consumer=f"outage-{ds.id}")
+    sink.shards = S3DownOnce(redis_client, s3_client, slow, stream=sink.reader.stream, group=sink.reader.group)
+    sink.start()
+    ds.sent("00000.tar")
+    ds.finish()
+    for i in range(2):
+        publish(redis_client, ds.event("00000.tar", i))
+    for _ in range(20):  # the step that stages the last row meets the outage; the sink keeps running
+        if sink.step() == 0:
+            break
+    assert file_of(s3_client, ds, "00000.tar") is None
+    assert 2 == redis_client.hlen(dataset_staged_key(ds.id, ds.shard("00000.tar")))  # the rows are safe
+
+    assert 1 == sink.shards.sweep()
+    rows = file_of(s3_client, ds, "00000.tar")
+    assert rows is not None and ["00000.tar-000", "00000.tar-001"] == [r["key"] for r in rows]
