@@ -49,3 +49,45 @@ def s3_event_key(tenant: str, bucket: str, key: str, sequencer: str) -> str:
     """Marker set once per (tenant, bucket, key, sequencer): the S3 event intake's dedupe."""
     digest = hashlib.sha256(f"{tenant}\0{bucket}\0{key}\0{sequencer}".encode()).hexdigest()
     return f"{KEY_PREFIX}:s3evt:{digest}"
+
+
+# Dataset mode (producers/dataset/): per-shard records of a backfill, and the per-shard Parquet results.
+def backfill_shards_key(backfill_id: str) -> str:
+    """Hash: shard key -> JSON summary (rows, jobs, skipped, problems), written with the shard's last batch."""
+    return f"{KEY_PREFIX}:backfill:{backfill_id}:shards"
+
+
+def backfill_shard_tally_key(backfill_id: str) -> str:
+    """Hash: ``<shard uri>\\t<completed|failed>`` -> count, kept by the verdict tally."""
+    return f"{KEY_PREFIX}:backfill:{backfill_id}:shard-tally"
+
+
+def dataset_unwritten_key(backfill_id: str) -> str:
+    """Set: shard keys fully sent whose results Parquet is not written yet."""
+    return f"{KEY_PREFIX}:dataset:{backfill_id}:unwritten"
+
+
+def dataset_written_key(backfill_id: str) -> str:
+    """Hash: shard key -> JSON of its written results Parquet (object, rows, completed, failed, bytes, sha256)."""
+    return f"{KEY_PREFIX}:dataset:{backfill_id}:written"
+
+
+def dataset_staged_key(backfill_id: str, shard_key: str) -> str:
+    """Hash: job id -> the job's results row (JSON), until its shard's Parquet is written."""
+    digest = hashlib.sha256(shard_key.encode()).hexdigest()[:24]
+    return f"{KEY_PREFIX}:dataset:{backfill_id}:staged:{digest}"
+
+
+def dataset_manifest_key(backfill_id: str) -> str:
+    """Hash: ``seq`` (shards committed), ``written_seq`` (what the manifest object shows), ``complete``."""
+    return f"{KEY_PREFIX}:dataset:{backfill_id}:manifest"
+
+
+def dataset_lock_key(backfill_id: str, name: str) -> str:
+    """String with a TTL: one results sink at a time writes a shard's Parquet (or the manifest)."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return f"{KEY_PREFIX}:dataset:{backfill_id}:lock:{digest}"
+
+
+DATASET_RESULTS = f"{KEY_PREFIX}:dataset:results"  # hash: backfill id -> JSON {uri, source prefix} (Parquet results)
+DATASET_RESULTS_OWNERS = f"{KEY_PREFIX}:dataset:results-owners"  # hash: results location -> backfill id

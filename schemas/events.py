@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.dataset import DatasetSample
 from schemas.errors import ErrorCode
 from schemas.frames import FramesSummary
 from schemas.policy import PolicyInfo
@@ -93,6 +94,7 @@ class EventData(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     error: ErrorInfo | None = None
     frames: FramesSummary | None = None  # animated images and videos only (schemas/frames.py)
+    sample: DatasetSample | None = None  # the job's dataset row (shard, key, index), for per-shard results
 
 
 class CloudEvent(BaseModel):

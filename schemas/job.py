@@ -2,7 +2,8 @@
 
 A job holds a *reference* to an image, never its bytes: ``s3://bucket/key`` (optionally ``?versionId=``), an
 ``http(s)://`` URL that the worker fetches behind its SSRF guard, or ``upload://<key>`` for bytes kept in the
-configured upload store.
+configured upload store. A dataset backfill's job names a shard object plus a ``member`` inside it (a tar member's
+byte range, a Parquet cell, or an image known to be absent; see ``schemas/dataset.py``) and carries its ``sample``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from schemas.dataset import DatasetSample, ShardMember
 from schemas.policy import Policy
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -42,6 +44,7 @@ class ImageRef(BaseModel):
     version_id: str | None = None
     etag: str | None = None
     size: int | None = Field(default=None, ge=0)
+    member: ShardMember | None = None  # where the image lies inside the object (dataset shards only)
 
     @field_validator("uri")
     @classmethod
@@ -59,6 +62,12 @@ class ImageRef(BaseModel):
         if scheme in {"http", "https"} and not urlsplit(uri).hostname:
             raise ValueError(f"image URL {uri[:80]!r} has no host")
         return uri
+
+    @model_validator(mode="after")
+    def _member_in_s3_object(self) -> ImageRef:
+        if self.member is not None and not self.uri.lower().startswith("s3://"):
+            raise ValueError("a shard member can only be read from an s3:// object")
+        return self
 
     @classmethod
     def parse(cls, source: str, **extra: Any) -> ImageRef:
@@ -86,7 +95,8 @@ class ImageRef(BaseModel):
         return rest.split("/", 1)[1] if self.kind is SourceKind.S3 else rest
 
     def __str__(self) -> str:
-        return self.uri if self.version_id is None else f"{self.uri}?versionId={self.version_id}"
+        text = self.uri if self.version_id is None else f"{self.uri}?versionId={self.version_id}"
+        return text if self.member is None else f"{text}#{self.member.fragment}"
 
 
 class Priority(StrEnum):
@@ -118,6 +128,7 @@ class ModerationJob(BaseModel):
     priority: Priority = Priority.INTERACTIVE
     backfill_id: str | None = Field(default=None, max_length=64)
     callback_url: str | None = Field(default=None, max_length=2048)
+    sample: DatasetSample | None = None  # the dataset row this job is (dataset backfills only)
 
     @field_validator("metadata")
     @classmethod

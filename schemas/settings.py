@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(default=5, ge=0, le=20)
     url_allowed_networks: list[str] = Field(default_factory=list)
     jpeg_quality: int = Field(default=90, ge=50, le=100)
+    # Dataset mode: Parquet column chunks a worker keeps to serve a row group's other image cells (docs/datasets.md)
+    dataset_chunk_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
     # Animated images and videos (worker/frames.py, worker/animation.py, worker/video.py; docs/frames.md)
     frame_budget: int = Field(default=16, ge=1, le=256)  # most frames moderated (model calls) per file

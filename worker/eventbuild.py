@@ -56,6 +56,7 @@ def completed_event(
         timings=timings,
         metadata=job.metadata,
         frames=frames,
+        sample=job.sample,
     )
     return CloudEvent(
         id=event_id(job.job_id),
@@ -104,6 +105,7 @@ def failed_event(
         timings=timings or Timings(),
         metadata=job.metadata if job else {},
         error=info,
+        sample=job.sample if job else None,
     )
     return CloudEvent(
         id=event_id(job_id),

@@ -2,7 +2,8 @@
 
 One hash per backfill (``guardq:backfill:<id>``): field ``options`` holds the options as JSON (fixed at creation,
 so ``--resume`` continues with exactly the same filters, model, policy and queue); the other fields are the
-checkpoint (``last_key`` for a listing, ``manifest_file``/``manifest_row`` for an inventory) and the counters.
+checkpoint (``last_key`` for a listing, ``manifest_file``/``manifest_row`` for an inventory; for a dataset the last
+finished shard in ``last_key`` and the current one's ``shard_key``/``shard_pos``/``shard_etag``) and the counters.
 ``completed``/``failed`` are added by the verdict tally (:mod:`producers.backfill.tally`).
 """
 
@@ -48,6 +49,16 @@ class BackfillOptions(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     queue: str
     results: str | None = None  # s3://bucket/prefix for the verdicts as JSON Lines (registered before each run)
+    # Dataset mode (docs/datasets.md): what the objects under the prefix are, and how results are written.
+    format: Literal["objects", "webdataset", "parquet"] = "objects"
+    key_column: str = "key"
+    image_column: str | None = None
+    url_column: str | None = None
+    results_format: Literal["jsonl", "parquet"] = "jsonl"
+
+    @property
+    def dataset(self) -> bool:
+        return self.format != "objects"
 
 
 @dataclass
@@ -63,6 +74,10 @@ class BackfillProgress:
     skipped_include: int = 0
     skipped_size: int = 0
     skipped_other: int = 0
+    shards: int = 0  # dataset mode: shards whose every row was sent
+    shard_key: str = ""  # dataset mode: the shard being sent, its rows sent so far and its ETag
+    shard_pos: int = 0
+    shard_etag: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float = 0.0
@@ -83,6 +98,10 @@ class BackfillProgress:
             "skipped_include": self.skipped_include,
             "skipped_size": self.skipped_size,
             "skipped_other": self.skipped_other,
+            "shards": self.shards,
+            "shard_key": self.shard_key,
+            "shard_pos": self.shard_pos,
+            "shard_etag": self.shard_etag,
         }
         return out
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from redis.client import Pipeline
 
 from producers.backfill.checkpoint import BackfillRecord, BackfillStore, RunLease
 from producers.backfill.manifest import inventory_pages, read_manifest
@@ -28,6 +30,8 @@ from schemas.job import ImageRef, ModerationJob, Priority
 _JOB_NAMESPACE = uuid.UUID("0d6f4a39-5c1e-4f7b-9a53-2b8e7c1d9f60")
 _TALLY_EVERY_S = 2.0
 BATCH = 250  # jobs per transaction: ~10x fewer round trips than one per job, still a few ms per transaction
+# What the run loop walks: ObjectEntry here; a dataset's rows in producers/dataset/runner.py (a subclass).
+Entry = Any
 
 
 def backfill_job_id(backfill_id: str, entry: ObjectEntry) -> str:
@@ -107,7 +111,7 @@ class BackfillRunner:
     def dry_run(self) -> bool:
         return self._queue is None
 
-    def _pages(self) -> Iterator[list[ObjectEntry]]:
+    def _pages(self) -> Iterator[Sequence[Entry]]:
         opts, progress = self.record.options, self.record.progress
         if opts.mode == "manifest":
             manifest = read_manifest(self._s3, opts.source)
@@ -115,7 +119,7 @@ class BackfillRunner:
             return inventory_pages(self._s3, manifest, page_size=self._page_size, start=start)
         return list_pages(self._s3, opts.bucket, opts.prefix, page_size=self._page_size, start_after=progress.last_key)
 
-    def _job(self, entry: ObjectEntry) -> ModerationJob:
+    def _job(self, entry: Entry) -> ModerationJob:
         opts = self.record.options
         return ModerationJob(
             job_id=backfill_job_id(self.record.backfill_id, entry),
@@ -177,7 +181,7 @@ class BackfillRunner:
             self._report(start)
         return self.stats
 
-    def _take(self, entry: ObjectEntry) -> None:
+    def _take(self, entry: Entry) -> None:
         """Skip the entry (counted by reason) or admit its job; either way the cursor moves past it."""
         progress = self.record.progress
         reason = skip_reason(entry, self.record.options.include, self.record.options.max_bytes)
@@ -191,7 +195,7 @@ class BackfillRunner:
         progress.enqueued += int(reason is None)
         self._advance(entry)
 
-    def _admit(self, entry: ObjectEntry) -> None:
+    def _admit(self, entry: Entry) -> None:
         """Take a slot from the gate for the entry's job and hold the job for the next batch; the jobs held so far
         go out first whenever the gate is about to wait (so the depth it measures includes them)."""
         if not self.gate.has_headroom():
@@ -203,12 +207,24 @@ class BackfillRunner:
         """Send the held jobs and the checkpoint that covers them in one transaction (a dry run sends nothing)."""
         if self._queue is None:
             return
-        jobs, store = self._batch, self._store
-        also = (lambda pipe: store.save_cursor(self.record, pipe)) if store is not None else None
+        jobs = self._batch
+        also = self._checkpoint if self._store is not None else None
         self._queue.send_many(jobs, queue=self.record.options.queue, also=also)
         self._batch = []  # only once they landed: a failed send is retried by _settle, or rolled back
         self.stats.enqueued_this_run += len(jobs)
         self._committed = self.record.progress.cursor_fields()
+        self._landed()
+
+    def _checkpoint(self, pipe: Pipeline[bytes]) -> None:
+        """The writes that go into every batch's transaction: the cursor and counters."""
+        assert self._store is not None
+        self._store.save_cursor(self.record, pipe)
+
+    def _landed(self) -> None:
+        """Called once a batch's transaction landed (subclasses drop what it carried)."""
+
+    def _rolled_back(self) -> None:
+        """Called when the batch in hand could not be sent at the end of a run (subclasses forget what it carried)."""
 
     def _settle(self) -> None:
         """On the way out (stop, error): send what is held if Redis still answers; otherwise take the in-memory
@@ -220,6 +236,7 @@ class BackfillRunner:
             for name, value in self._committed.items():
                 setattr(progress, str(name), value)
             self._batch = []
+            self._rolled_back()
 
     def _count_skip(self, reason: str) -> None:
         progress = self.record.progress

@@ -9,6 +9,7 @@ import redis
 
 from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.tally import tally, tally_gap
+from producers.dataset.status import dataset_summary, shard_rows
 from producers.rediskeys import backfill_lock_key
 
 
@@ -28,10 +29,11 @@ def backfill_status(client: redis.Redis[bytes], backfill_id: str, *, tally_budge
     gap = tally_gap(client)  # events trimmed before being tallied: matters only if some could be ours
     gap_ms = int(gap.split("-", 1)[0]) if gap else 0
     counts_may_be_low = bool(gap) and gap_ms >= progress.created_at * 1000 and in_flight > 0
-    return {
+    report: dict[str, Any] = {
         "backfill_id": backfill_id,
         "state": state,
         "source": options.source,
+        "format": options.format,
         "queue": options.queue,
         "results": options.results,
         "queue_depth": int(client.llen(options.queue)),
@@ -55,6 +57,10 @@ def backfill_status(client: redis.Redis[bytes], backfill_id: str, *, tally_budge
         "tally_caught_up": caught_up,
         "tally_gap": counts_may_be_low,
     }
+    if options.dataset:  # per shard: rows, verdicts, results file, problems
+        shards = shard_rows(client, record)
+        report |= {"results_format": options.results_format, "dataset": dataset_summary(shards), "shards": shards}
+    return report
 
 
 def _iso(ts: float) -> str | None:

@@ -8,6 +8,7 @@ O(total events) overall, independent of how many backfills exist or how large th
 10-million-job backfill reads two hashes. Counts are exact because the worker's publish guard emits exactly one
 terminal event per job id and backfill job ids are deterministic. If the stream was trimmed past the cursor
 (``GUARDQ_STREAM_MAXLEN``) before a tally ran, the gap is recorded and reported (counts may then be low).
+Events of dataset jobs (``data.sample``) are also counted per shard, in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
-from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key
+from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key, backfill_shard_tally_key
 from schemas.events import STREAM_FIELD, EventType
 from schemas.keys import VERDICT_STREAM
 
@@ -57,15 +58,22 @@ def tally_step(client: redis.Redis[bytes], *, batch: int = 1000, stream: str = V
                 )
                 gap = _trimmed_past(pipe, cursor, stream) if entries else None
                 counts: Counter[tuple[str, str]] = Counter()
+                by_shard: Counter[tuple[str, str]] = Counter()
                 for _, fields in entries:
                     found = _backfill_event(fields.get(STREAM_FIELD.encode()))
                     if found is not None:
-                        counts[found] += 1
+                        backfill_id, kind, shard = found
+                        counts[(backfill_id, kind)] += 1
+                        if shard:
+                            by_shard[(backfill_id, f"{shard}\t{kind}")] += 1
                 known = _known(pipe, sorted({bid for bid, _ in counts}))
                 pipe.multi()
                 for (backfill_id, kind), n in counts.items():
                     if backfill_id in known:
                         pipe.hincrby(backfill_key(backfill_id), kind, n)
+                for (backfill_id, field), n in by_shard.items():
+                    if backfill_id in known:
+                        pipe.hincrby(backfill_shard_tally_key(backfill_id), field, n)
                 if entries:
                     last = entries[-1][0]
                     pipe.hset(BACKFILL_TALLY, "cursor", last.decode())
@@ -98,16 +106,19 @@ def tally_gap(client: redis.Redis[bytes]) -> str | None:
     return raw.decode() if raw else None
 
 
-def _backfill_event(raw: bytes | None) -> tuple[str, str] | None:
+def _backfill_event(raw: bytes | None) -> tuple[str, str, str | None] | None:
+    """(backfill id, completed|failed, the dataset shard's uri or None) of a backfill job's event."""
     if not raw:
         return None
     try:
         doc = json.loads(raw)
         backfill_id = doc["data"].get("backfill_id")
         kind = _KINDS.get(doc.get("type", ""))
+        sample = doc["data"].get("sample")
+        shard = sample.get("shard") if isinstance(sample, dict) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return (str(backfill_id), kind) if backfill_id and kind else None
+    return (str(backfill_id), kind, str(shard) if shard else None) if backfill_id and kind else None
 
 
 def _known(pipe: Pipeline[bytes], backfill_ids: list[str]) -> set[str]:

@@ -1,6 +1,7 @@
 """``guardq backfill``: moderate every object under an S3 prefix (or in an inventory), resumably, with backpressure.
 
-``guardq backfill s3://bucket/prefix`` is short for ``guardq backfill run s3://bucket/prefix``;
+``guardq backfill s3://bucket/prefix`` is short for ``guardq backfill run s3://bucket/prefix``; with
+``--format webdataset|parquet`` the prefix holds a dataset's shards (docs/datasets.md);
 ``guardq backfill status ID`` reports a backfill's progress and verdict counts; ``guardq backfill list`` the recent
 ones; ``guardq backfill report ID`` counts the results written by ``--results`` (it is ``guardq results report``).
 """
@@ -20,16 +21,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillRecord, BackfillStore, RunLease
+from producers.backfill.checkpoint import BackfillOptions, BackfillRecord, BackfillStore, RunLease, new_backfill_id
 from producers.backfill.manifest import read_manifest
 from producers.backfill.progress import LogReporter, RichReporter
 from producers.backfill.runner import BackfillRunner
 from producers.backfill.session import Outcome, execute
 from producers.backfill.sources import s3_error
 from producers.backfill.status import backfill_status
+from producers.cli import dataset as ds
 from producers.cli.common import check_policy_ref, fail, job_queue, parse_meta, redis_errors, settings
 from producers.cli.results import report as results_report
-from producers.results.targets import register_results, split_s3_uri
+from producers.results.targets import split_s3_uri
 from producers.s3client import make_s3_client, parse_s3_url
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob, Priority
@@ -64,6 +66,7 @@ def _new_options(
     queue: str | None,
     results: str | None,
     s3: Any,
+    dataset: dict[str, Any],
 ) -> BackfillOptions:
     if bool(source) == bool(manifest):
         fail("give either SOURCE (s3://bucket/prefix) or --manifest s3://…/manifest.json")
@@ -82,6 +85,7 @@ def _new_options(
         "metadata": parse_meta(meta),
         "queue": queue or queue_name(spec, Priority.BULK),
         "results": _results_location(results, s3),
+        **dataset,
     }
     if manifest:
         read_manifest(s3, manifest)  # fail now on a bad manifest, before a record exists
@@ -92,7 +96,9 @@ def _new_options(
         s3.head_bucket(Bucket=bucket)
     except (ClientError, BotoCoreError) as exc:
         raise s3_error(exc, f"s3://{bucket}") from None
-    return BackfillOptions(source=source, mode="list", bucket=bucket, prefix=prefix, **common)
+    options = BackfillOptions(source=source, mode="list", bucket=bucket, prefix=prefix, **common)
+    ds.check_first_parquet(s3, options)
+    return options
 
 
 def _results_location(uri: str | None, s3: Any) -> str | None:
@@ -133,6 +139,11 @@ def run(
             "count them with `guardq backfill report ID`."
         ),
     ] = None,
+    fmt: ds.FormatOption = "objects",
+    key_column: ds.KeyColumnOption = None,
+    image_column: ds.ImageColumnOption = None,
+    url_column: ds.UrlColumnOption = None,
+    results_format: ds.ResultsFormatOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue the backfill with this id where it stopped.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be enqueued; send nothing.")] = False,
     log_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between progress lines (no TTY).")] = 10.0,
@@ -156,6 +167,11 @@ def _run(
     meta: list[str] | None,
     queue: str | None,
     results: str | None,
+    fmt: str,
+    key_column: str | None,
+    image_column: str | None,
+    url_column: str | None,
+    results_format: str | None,
     resume: str | None,
     dry_run: bool,
     log_interval: float,
@@ -168,8 +184,9 @@ def _run(
     s3 = make_s3_client(cfg)
     try:
         if resume:
-            given = [source, manifest, include, max_bytes, model, policy, meta, queue, results]
-            if any(v for v in given) or tenant != "default":
+            given = [source, manifest, include, max_bytes, model, policy, meta, queue, results, key_column]
+            given += [image_column, url_column, results_format]
+            if any(v for v in given) or tenant != "default" or fmt != "objects":
                 fail("--resume continues with the options stored at creation: drop SOURCE and the filter/job options")
             if dry_run:
                 fail("--dry-run cannot be combined with --resume")
@@ -179,21 +196,43 @@ def _run(
             if record.progress.state == "finished":
                 fail(f"backfill {resume} already finished; start a new one to moderate again")
         else:
+            dataset = ds.dataset_fields(
+                fmt,
+                key_column=key_column,
+                image_column=image_column,
+                url_column=url_column,
+                results_format=results_format,
+                results=results,
+                manifest=manifest,
+            )
             options = _new_options(
-                source, manifest, include or [], max_bytes, model, policy, tenant, meta or [], queue, results, s3
+                source,
+                manifest,
+                include or [],
+                max_bytes,
+                model,
+                policy,
+                tenant,
+                meta or [],
+                queue,
+                results,
+                s3,
+                dataset,
             )
             if dry_run:
                 store, record = None, _dry_record(options)
             else:
                 check_policy_ref(policy)
                 store = BackfillStore(job_queue().redis)
-                record = store.create(options)
+                backfill_id = new_backfill_id()
+                if options.results_format == "parquet" and options.results:
+                    ds.claim_results(job_queue().redis, s3, backfill_id, options.results)
+                record = store.create(options, backfill_id)
         lease = None
         if store is not None:
             lease = RunLease(job_queue().redis, record.backfill_id, cfg.backfill_lock_ttl_s)
             lease.acquire()
-            if record.options.results:  # before the run's first job, on every run: the sink must know its events
-                register_results(job_queue().redis, record.backfill_id, record.options.results)
+            ds.register_results_of(job_queue().redis, record)
             record.progress.state, record.progress.error = "running", ""
             store.save_state(record)
     except GuardqError as exc:
@@ -231,7 +270,12 @@ def _run_with_signals(record: BackfillRecord, *, dry_run: bool, log_interval: fl
     reporter = RichReporter() if sys.stderr.isatty() else LogReporter(log_interval)
     try:
         with reporter:
-            runner = BackfillRunner(
+            runner_class = BackfillRunner
+            if record.options.dataset:
+                from producers.dataset.runner import DatasetRunner  # pyarrow: only for dataset backfills
+
+                runner_class = DatasetRunner
+            runner = runner_class(
                 record,
                 s3=kw["s3"],
                 queue=None if dry_run else job_queue(),
@@ -264,6 +308,7 @@ def _summary(outcome: Outcome, *, as_json: bool, dry_run: bool) -> None:
         "enqueued": p.enqueued,
         "skipped": p.skipped,
         "skipped_by": {"include": p.skipped_include, "size": p.skipped_size, "other": p.skipped_other},
+        "shards": p.shards if record.options.dataset else None,
         "enqueued_this_run": stats.enqueued_this_run,
         "seconds": round(stats.seconds, 3),
         "rate_per_s": round(stats.rate, 1),
@@ -284,6 +329,8 @@ def _summary(outcome: Outcome, *, as_json: bool, dry_run: bool) -> None:
             f"  this run: {stats.enqueued_this_run:,} in {stats.seconds:.2f}s ({stats.rate:,.0f} keys/s), "
             f"peak queue depth {stats.peak_depth:,}"
         )
+        if record.options.dataset:
+            typer.echo(f"  shards sent: {p.shards:,}")
         if outcome.error:
             typer.echo(f"  {outcome.error}")
         if not dry_run:
@@ -300,8 +347,12 @@ def _summary(outcome: Outcome, *, as_json: bool, dry_run: bool) -> None:
 def status(
     backfill_id: Annotated[str, typer.Argument(help="Backfill id printed by guardq backfill.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    shards: Annotated[
+        bool, typer.Option("--shards", help="Dataset: a line for every shard, not only open ones.")
+    ] = False,
 ) -> None:
-    """Progress (listed/enqueued/skipped) and verdicts so far (completed/failed) of one backfill."""
+    """Progress (listed/enqueued/skipped) and verdicts so far (completed/failed) of one backfill; per shard for a
+    dataset."""
     try:
         with redis_errors():
             report = backfill_status(job_queue().redis, backfill_id)
@@ -316,6 +367,8 @@ def status(
     for key in ("results", "last_key", "runner", "created_at", "updated_at", "finished_at", "error"):
         if report[key]:
             typer.echo(f"  {key:<12} {report[key]}")
+    if "dataset" in report:
+        ds.print_shards(report, every=shards)
     if not report["tally_caught_up"]:
         typer.echo("  (verdict tally still catching up; run status again)")
     if report["tally_gap"]:

@@ -12,6 +12,9 @@ Exactly once, across crashes and duplicate deliveries, in three steps:
 3. drop the pending record and ack the part's stream entries.
 A crash before 1 leaves the entries pending (they come back); after 1, the pending record is PUT again by the next
 sink to start (:meth:`ResultsSink.recover`); entries seen again are already claimed and only acked.
+
+Events of a dataset backfill registered with ``--results-format parquet`` go to
+:class:`~producers.dataset.results.ShardResults` instead: one Parquet per input shard, written once it is complete.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import redis
 import structlog
 
 from producers.consumer import Entry, StreamConsumer
+from producers.dataset.results import ShardResults
 from producers.results.targets import object_prefix, results_uri
 from schemas.keys import RESULTS_GROUP, RESULTS_PENDING, job_key
 from schemas.settings import Settings
@@ -71,6 +75,7 @@ class ResultsSink:
             dlq_maxlen=settings.dlq_maxlen,
         )
         self._claim = client.register_script(_CLAIM)
+        self.shards = ShardResults(client, s3, settings, stream=self.reader.stream, group=RESULTS_GROUP)
         self._buffers: dict[str, _Buffer] = {}
         self._next_recovery = 0.0
         self.objects_written = 0
@@ -79,6 +84,7 @@ class ResultsSink:
         """Create the group if missing and finish parts a crashed sink left half-written."""
         self.reader.ensure_group()
         self.recover()
+        self.shards.sweep()
 
     def recover(self) -> int:
         """PUT every part written ahead but not confirmed, then ack its entries; return how many.
@@ -102,9 +108,13 @@ class ResultsSink:
         """Read one batch, buffer what belongs to backfills with results, flush what is due; return entries read."""
         entries = self.reader.read(block_ms=self._block_ms())
         skipped: list[str] = []
+        by_shard: list[Entry] = []
         for entry in entries:
             assert entry.event is not None
             backfill = entry.event.data.backfill_id
+            if backfill is not None and self.shards.accepts(backfill):
+                by_shard.append(entry)
+                continue
             uri = results_uri(self.redis, self.settings, backfill) if backfill else None
             if backfill is None or uri is None:
                 skipped.append(entry.id)
@@ -112,9 +122,11 @@ class ResultsSink:
             buffer = self._buffers.setdefault(backfill, _Buffer(uri))
             buffer.entries.append(entry)
         self.reader.ack(*skipped)
+        self.shards.stage(by_shard)
         self.flush(force=False)
         if time.monotonic() >= self._next_recovery:
             self.recover()
+            self.shards.sweep()
         return len(entries)
 
     def flush(self, *, force: bool = True) -> int:

@@ -34,12 +34,17 @@ def register_results(client: redis.Redis[bytes], backfill_id: str, uri: str) -> 
     if it is not running yet.
     """
     split_s3_uri(uri)
+    ensure_results_group(client)
+    client.hset(RESULTS_TARGETS, backfill_id, uri.rstrip("/"))
+
+
+def ensure_results_group(client: redis.Redis[bytes]) -> None:
+    """The sink's consumer group, created at the stream's end if missing (events from now on reach the sink)."""
     try:
         client.xgroup_create(VERDICT_STREAM, RESULTS_GROUP, id="$", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
-    client.hset(RESULTS_TARGETS, backfill_id, uri.rstrip("/"))
 
 
 def results_uri(client: redis.Redis[bytes], settings: Settings, backfill_id: str) -> str | None:

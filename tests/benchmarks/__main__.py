@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print the table with targets and PASS/MISS, write bench-results/*.json.
 
-Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory frames]`` (default: all).
+Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory frames dataset]`` (default: all).
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ from tests.benchmarks.harness import Figure, machine, table, write_results
 
 
 def main(argv: list[str]) -> int:
-    from tests.benchmarks import memory, p1_saturation, p2_image_path, p3_backfill, p3_bookkeeping, p4_cache, p5_frames
+    from tests.benchmarks import (
+        dataset,
+        memory,
+        p1_saturation,
+        p2_image_path,
+        p3_backfill,
+        p3_bookkeeping,
+        p4_cache,
+        p5_frames,
+    )
 
     benches = {
         "p1": p1_saturation.run,
@@ -23,6 +32,7 @@ def main(argv: list[str]) -> int:
         "p4": p4_cache.run,
         "memory": memory.run,
         "frames": p5_frames.run,
+        "dataset": dataset.run,
     }
     chosen = argv or list(benches)
     unknown = [b for b in chosen if b not in benches]

@@ -116,15 +116,19 @@ def test_inventory_rows_decode_form_encoded_keys_and_drop_delete_markers_and_old
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (b'{"type":"guardq.moderation.completed","data":{"backfill_id":"bf-1"}}', ("bf-1", "completed")),
-        (b'{"type":"guardq.moderation.failed","data":{"backfill_id":"bf-1"}}', ("bf-1", "failed")),
+        (b'{"type":"guardq.moderation.completed","data":{"backfill_id":"bf-1"}}', ("bf-1", "completed", None)),
+        (b'{"type":"guardq.moderation.failed","data":{"backfill_id":"bf-1"}}', ("bf-1", "failed", None)),
+        (
+            b'{"type":"guardq.moderation.failed","data":{"backfill_id":"bf-1","sample":{"shard":"s3://b/0.tar"}}}',
+            ("bf-1", "failed", "s3://b/0.tar"),
+        ),
         (b'{"type":"guardq.moderation.completed","data":{}}', None),
         (b'{"type":"other","data":{"backfill_id":"bf-1"}}', None),
         (b"not json", None),
         (None, None),
     ],
 )
-def test_the_tally_reads_only_the_backfill_id_and_outcome_of_an_event(
-    raw: bytes | None, expected: tuple[str, str] | None
+def test_the_tally_reads_only_the_backfill_id_outcome_and_dataset_shard_of_an_event(
+    raw: bytes | None, expected: tuple[str, str, str | None] | None
 ) -> None:
     assert expected == _backfill_event(raw)

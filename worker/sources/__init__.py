@@ -1,15 +1,18 @@
-"""Image sources: turn an :class:`~schemas.job.ImageRef` into bytes (S3, http(s) behind the SSRF guard, uploads)."""
+"""Image sources: turn an :class:`~schemas.job.ImageRef` into bytes (S3, http(s) behind the SSRF guard, uploads,
+and dataset shard members: a tar member's byte range or a Parquet cell)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from schemas.dataset import AbsentMember, ParquetCell, TarMember
 from schemas.errors import ErrorCode, PermanentError
 from schemas.job import ImageRef, SourceKind
 from schemas.settings import Settings
 from schemas.uploads import locate_upload
 from worker.sources.http import HttpFetcher
 from worker.sources.netguard import AddressPolicy
+from worker.sources.parquetcell import ParquetCellReader
 from worker.sources.s3 import S3Fetcher, make_s3_client
 
 
@@ -18,9 +21,10 @@ class ImageSource:
 
     def __init__(self, settings: Settings, *, s3_client: Any | None = None) -> None:
         self._settings = settings
-        self._s3 = S3Fetcher(
-            s3_client or make_s3_client(settings, max_pool=settings.max_in_flight() + 4),
-            max_bytes=settings.max_image_bytes,
+        client = s3_client or make_s3_client(settings, max_pool=settings.max_in_flight() + 4)
+        self._s3 = S3Fetcher(client, max_bytes=settings.max_image_bytes)
+        self._cells = ParquetCellReader(
+            client, max_bytes=settings.max_image_bytes, cache_bytes=settings.dataset_chunk_cache_bytes
         )
         self._http = HttpFetcher(
             policy=AddressPolicy(settings.url_allowed_networks),
@@ -35,11 +39,30 @@ class ImageSource:
         self._http.close()
 
     def fetch(self, ref: ImageRef) -> bytes:
+        if ref.member is not None:
+            return self._fetch_member(ref)
         if ref.kind is SourceKind.S3:
             return self._s3.fetch(ref.bucket, ref.key, ref.version_id)
         if ref.kind is SourceKind.HTTP:
             return self._http.fetch(ref.uri)
         return self._fetch_upload(ref.key)
+
+    def _fetch_member(self, ref: ImageRef) -> bytes:
+        member = ref.member
+        if isinstance(member, TarMember):
+            return self._s3.fetch_range(
+                ref.bucket,
+                ref.key,
+                member.offset,
+                member.length,
+                version_id=ref.version_id,
+                etag=ref.etag,
+                what=member.name,
+            )
+        if isinstance(member, ParquetCell):
+            return self._cells.fetch(ref.bucket, ref.key, member, version_id=ref.version_id, etag=ref.etag)
+        assert isinstance(member, AbsentMember)
+        raise PermanentError(f"{ref}: {member.message}", code=member.code)
 
     def _fetch_upload(self, key: str) -> bytes:
         location = locate_upload(self._settings.upload_store, key)

@@ -14,6 +14,7 @@ from schemas.settings import Settings
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 _TOO_LARGE_CODES = {"InvalidRange"}
+_PRECONDITION_CODES = {"PreconditionFailed", "412"}
 
 
 def make_s3_client(settings: Settings, *, max_pool: int = 64) -> Any:
@@ -42,8 +43,15 @@ def map_client_error(exc: ClientError, where: str) -> Exception:
     return PermanentError(f"S3 error on {where}: {code or status}", code=ErrorCode.FETCH_FAILED)
 
 
+def _check_key(where: str, key: str) -> None:
+    if any(segment in {".", ".."} for segment in key.split("/")):
+        # Legal in S3, but a store or proxy that normalises paths would serve another object — with path-style
+        # addressing even one in another bucket (s3://allowed/../other/key), past the API's bucket allowlist.
+        raise PermanentError(f"{where[:200]} has a '.' or '..' path segment", code=ErrorCode.INVALID_SOURCE)
+
+
 class S3Fetcher:
-    """Reads whole objects, refusing any larger than ``max_bytes`` before downloading them."""
+    """Reads whole objects (or one byte range of one), refusing more than ``max_bytes`` before downloading."""
 
     def __init__(self, client: Any, *, max_bytes: int) -> None:
         self._client = client
@@ -51,10 +59,7 @@ class S3Fetcher:
 
     def fetch(self, bucket: str, key: str, version_id: str | None = None) -> bytes:
         where = f"s3://{bucket}/{key}"
-        if any(segment in {".", ".."} for segment in key.split("/")):
-            # Legal in S3, but a store or proxy that normalises paths would serve another object — with path-style
-            # addressing even one in another bucket (s3://allowed/../other/key), past the API's bucket allowlist.
-            raise PermanentError(f"{where[:200]} has a '.' or '..' path segment", code=ErrorCode.INVALID_SOURCE)
+        _check_key(where, key)
         params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if version_id:
             params["VersionId"] = version_id
@@ -75,4 +80,57 @@ class S3Fetcher:
             raise TransientError(f"S3 unreachable for {where}: {exc}", code=ErrorCode.FETCH_FAILED) from None
         if len(data) > self._max_bytes:
             raise PermanentError(f"{where} exceeds the {self._max_bytes:,}-byte limit", code=ErrorCode.TOO_LARGE)
+        return data
+
+    def fetch_range(
+        self,
+        bucket: str,
+        key: str,
+        offset: int,
+        length: int,
+        *,
+        version_id: str | None = None,
+        etag: str | None = None,
+        what: str = "",
+    ) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (a tar member's data) with one Range GET.
+
+        With ``etag`` the read is conditional (``If-Match``): a shard rewritten since it was indexed fails as
+        ``invalid_source`` instead of yielding bytes from another layout. Fewer bytes than asked mean the shard
+        ends inside the member: ``truncated_image``.
+        """
+        where = f"s3://{bucket}/{key}" + (f"#{what}" if what else "")
+        _check_key(where, key)
+        if length > self._max_bytes:
+            raise PermanentError(
+                f"{where} is {length:,} bytes; the limit is {self._max_bytes:,}", code=ErrorCode.TOO_LARGE
+            )
+        if length == 0:
+            return b""
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={offset}-{offset + length - 1}"}
+        if version_id:
+            params["VersionId"] = version_id
+        if etag:
+            params["IfMatch"] = etag if etag.startswith('"') else f'"{etag}"'
+        try:
+            body = self._client.get_object(**params)["Body"]
+            data: bytes = body.read(length + 1)
+            body.close()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _PRECONDITION_CODES:
+                raise PermanentError(
+                    f"{where}: the shard changed since it was indexed (ETag differs)", code=ErrorCode.INVALID_SOURCE
+                ) from None
+            if code in _TOO_LARGE_CODES:  # InvalidRange: the member starts past the end of the shard
+                raise PermanentError(
+                    f"{where}: the shard ends before this member", code=ErrorCode.TRUNCATED_IMAGE
+                ) from None
+            raise map_client_error(exc, where) from None
+        except BotoCoreError as exc:
+            raise TransientError(f"S3 unreachable for {where}: {exc}", code=ErrorCode.FETCH_FAILED) from None
+        if len(data) != length:
+            raise PermanentError(
+                f"{where}: the shard ends {length - len(data):,} bytes into this member", code=ErrorCode.TRUNCATED_IMAGE
+            )
         return data
