@@ -89,6 +89,7 @@ def build_policy(
     rationale: str = "always",
     version: int = 1,
     first_frame_only: bool = False,
+    image_detail: str = "native",
 ) -> Policy:
     """Validate a policy definition into a :class:`Policy`, with one clear error for each kind of mistake."""
     if name == BUILTIN_POLICY_NAME:
@@ -116,6 +117,7 @@ def build_policy(
             verdict_only=verdict_only,
             rationale=rationale,  # validated by pydantic
             first_frame_only=first_frame_only,
+            image_detail=image_detail,  # validated by pydantic
         )
     except ValueError as exc:  # pydantic's ValidationError and PromptVersion's ValueError
         raise InvalidPolicy(f"invalid policy {name!r}: {_first_problem(exc)}") from None
@@ -130,7 +132,15 @@ def _first_problem(exc: ValueError) -> str:
 
 
 def _same_content(a: Policy, b: Policy) -> bool:
-    keep = {"prompt_version", "declarations", "unsafe_threshold", "verdict_only", "rationale", "first_frame_only"}
+    keep = {
+        "prompt_version",
+        "declarations",
+        "unsafe_threshold",
+        "verdict_only",
+        "rationale",
+        "first_frame_only",
+        "image_detail",
+    }
     return a.model_dump(include=keep) == b.model_dump(include=keep)
 
 
@@ -189,6 +199,7 @@ def describe(stored: StoredPolicy, prompt_version: PromptVersion) -> dict[str, A
         "verdict_only": p.verdict_only,
         "rationale": p.rationale_mode,
         "first_frame_only": p.first_frame_only,
+        "image_detail": p.image_detail,
         "created_at": stored.created_at.isoformat() if stored.created_at else None,
         "deleted": stored.deleted,
         "sha256": p.sha256(prompt_version),
@@ -339,7 +350,14 @@ def diff_policies(old: Policy, new: Policy, model_prompt_version: PromptVersion)
             declarations.append((code, a.value, b.value))
     options = [
         (name, getattr(old, name), getattr(new, name))
-        for name in ("prompt_version", "unsafe_threshold", "verdict_only", "rationale", "first_frame_only")
+        for name in (
+            "prompt_version",
+            "unsafe_threshold",
+            "verdict_only",
+            "rationale",
+            "first_frame_only",
+            "image_detail",
+        )
         if getattr(old, name) != getattr(new, name)
     ]
     text = "".join(

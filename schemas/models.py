@@ -26,6 +26,9 @@ class ModelSpec(BaseModel):
     prompt_version: PromptVersion
     image_max_side: int
     context_length: int
+    # The vision tower's own input side: an image no larger than this is one base tile (LLaVA-1.5/1.6: CLIP-336,
+    # OneVision: SigLIP-384). A policy's ``image_detail: base`` sends images this size (fewer tiles, fewer tokens).
+    base_image_side: int = 336
     tp: int = 1
     hf_checkpoint: str | None = None
     aliases: tuple[str, ...] = ()
@@ -54,6 +57,11 @@ class ModelSpec(BaseModel):
         if tp > 1:
             args += ["--tp", str(tp)]
         return args
+
+    def image_side(self, detail: str) -> int:
+        """Longest side sent to the model at an image-detail level: ``native`` (what the processor can use) or
+        ``base`` (one base tile: LLaVA-1.6's anyres and OneVision's anyres_max_9 then add no high-resolution tiles)."""
+        return self.base_image_side if detail == "base" else self.image_max_side
 
     @property
     def slug(self) -> str:
@@ -122,6 +130,7 @@ _REGISTRY: tuple[ModelSpec, ...] = (
         tokenizer_path=None,
         prompt_version=PromptVersion.V1_2,
         image_max_side=1152,
+        base_image_side=384,
         context_length=32768,
         hf_checkpoint="AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf",
     ),
@@ -131,6 +140,7 @@ _REGISTRY: tuple[ModelSpec, ...] = (
         tokenizer_path=None,
         prompt_version=PromptVersion.V1_2,
         image_max_side=1152,
+        base_image_side=384,
         context_length=32768,
         hf_checkpoint="AIML-TUDA/LlavaGuard-v1.2-7B-OV-hf",
     ),

@@ -41,6 +41,7 @@ def parse_policy_ref(ref: str) -> tuple[str, int | None]:
 
 
 RationaleMode = Literal["always", "flagged", "never"]
+ImageDetail = Literal["native", "base"]
 
 
 class Policy(BaseModel):
@@ -64,6 +65,10 @@ class Policy(BaseModel):
     # then, for Unsafe verdicts and Safe ones at or above unsafe_threshold, the rationale continued from exactly
     # that verdict text), "never" (verdict only; what verdict_only=true means).
     rationale: RationaleMode = "always"
+    # How much of the image the model sees: "native" (the checkpoint's own processing, default) or "base" (one base
+    # tile: for LLaVA-1.6-34B and the v1.2 OneVision models far fewer image tokens; no change for v1.0/v1.1 7B/13B,
+    # whose 336-px input is a single tile anyway). Cheaper bulk work; check its accuracy with guardq eval.
+    image_detail: ImageDetail = "native"
 
     @property
     def rationale_mode(self) -> RationaleMode:

@@ -51,10 +51,13 @@ class CacheKey:
     simulated: bool = False
     flagged_only: bool = False  # rationale: flagged, at threshold flagged_at (decides which verdicts get one)
     flagged_at: float | None = None
+    image_side: int | None = None  # the policy's image detail, as the side the model was sent
 
     def redis_key(self) -> str:
         rationale = f"f{self.flagged_at or ''}" if self.flagged_only else str(int(self.with_rationale))
         variant = f"r{rationale}s{int(self.want_score)}" + ("-sim" if self.simulated else "")
+        if self.image_side is not None:
+            variant += f"-px{self.image_side}"
         return verdict_cache_key(self.model_slug, self.policy_sha256, self.image_sha256, variant)
 
 

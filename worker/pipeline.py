@@ -121,6 +121,7 @@ class Moderator:
             progress.model.simulated,
             flagged_at=policy.unsafe_threshold if mode == "flagged" else None,
             flagged_only=mode == "flagged",
+            image_side=self._model.image_side(policy.image_detail) if policy.image_detail != "native" else None,
         )
         media = sniff(data)
         if media.kind is not MediaKind.STILL:
@@ -141,7 +142,7 @@ class Moderator:
             started = time.perf_counter()
             prepared = prepare_image(
                 data,
-                max_side=self._model.image_max_side,
+                max_side=self._model.image_side(policy.image_detail),
                 max_pixels=self._settings.max_image_pixels,
                 jpeg_quality=self._settings.jpeg_quality,
                 sha256=sha256,

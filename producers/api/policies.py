@@ -57,6 +57,9 @@ class PolicyCreate(BaseModel):
         "unsafe_threshold; never: verdict only",
     )
     first_frame_only: bool = Field(default=False, description="Animated images and videos: moderate frame 0 only.")
+    image_detail: Literal["native", "base"] = Field(
+        default="native", description="native: the checkpoint's own image processing; base: one base tile (cheaper)"
+    )
 
 
 class TenantDefault(BaseModel):
@@ -101,6 +104,7 @@ def create_policy(body: PolicyCreate, who: PrincipalDep, svc: ServicesDep, respo
             verdict_only=body.verdict_only,
             rationale=body.rationale,
             first_frame_only=body.first_frame_only,
+            image_detail=body.image_detail,
         )
         result = svc.policies.create(candidate)
     except GuardqError as exc:

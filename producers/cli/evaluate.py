@@ -31,6 +31,33 @@ def _compare(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
+def _levels(value: str | None) -> list[str]:
+    if value is None:
+        return []
+    levels = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in levels if v not in ("native", "base")]
+    if bad or not levels:
+        fail(f"--image-detail: {', '.join(bad) or value!r} is not a level; use native, base or native,base")
+    return levels
+
+
+def levels_table(model: str, per_level: dict[str, dict[str, Any]]) -> str:
+    """Accuracy per image-detail level, side by side (``OUT/levels.md``)."""
+    rows = [
+        f"# Image detail levels on {model}",
+        "",
+        "| level | balanced accuracy | recall | precision | invalid | samples | run time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for level, metrics in per_level.items():
+        o = metrics["metrics"]["overall"]
+        rows.append(
+            f"| {level} | {pct(o['balanced_accuracy'])} | {pct(o['recall'])} | {pct(o['precision'])} | {o['invalid']} "
+            f"| {o['samples']} | {metrics['duration_s']:g} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def evaluate(
     dataset: Annotated[Path, typer.Argument(help="JSONL, JSON array (LlavaGuard-DS) or CSV of labelled images.")],
     out: Annotated[Path, typer.Option(help="Folder for report.md, metrics.json, predictions.jsonl, PNGs.")] = Path(
@@ -49,11 +76,20 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N samples.")] = None,
     tenant: Annotated[str, typer.Option(help="Tenant the evaluation jobs run as.")] = "eval",
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots (no matplotlib needed).")] = False,
+    image_detail: Annotated[
+        str | None,
+        typer.Option(
+            "--image-detail",
+            help="Evaluate at these image-detail levels, e.g. 'native,base': one report per level in OUT/<level>/ "
+            "and OUT/levels.md side by side (the accuracy cost of a cheaper level, measured on your data).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate DATASET end to end (queue → workers → SGLang) and write the report; prints the headline."""
     cfg = settings()
     configure_logging(cfg.log_format, "WARNING")
     other = _compare(compare)
+    levels = _levels(image_detail)
     try:
         spec = get_model(model or cfg.model)
         data = load_dataset(dataset, image_root=image_root, limit=limit)
@@ -65,8 +101,24 @@ def evaluate(
             if done == total or done % max(1, total // 10) == 0:
                 typer.echo(f"  {done}/{total} verdicts", err=True)
 
-        run = runner.run(data, model=spec.name, policy_ref=policy, timeout_s=timeout, tenant=tenant, progress=progress)
-        metrics = write_outputs(run, out, compare=other, with_plots=not no_plots)
+        per_level: dict[str, dict[str, Any]] = {}
+        chosen: list[str | None] = [*levels] or [None]
+        for level in chosen:
+            where = out / level if level else out
+            run = runner.run(
+                data,
+                model=spec.name,
+                policy_ref=policy,
+                timeout_s=timeout,
+                tenant=tenant,
+                progress=progress,
+                image_detail=level,
+            )
+            metrics = write_outputs(run, where, compare=other, with_plots=not no_plots)
+            if level:
+                per_level[level] = metrics | {"duration_s": run.duration_s}
+        if per_level:
+            (out / "levels.md").write_text(levels_table(spec.name, per_level))
     except GuardqError as exc:
         fail(str(exc))
     o, m = metrics["metrics"]["overall"], metrics["metrics"]

@@ -92,6 +92,13 @@ def create(
         bool,
         typer.Option("--first-frame-only", help="Animated images and videos: moderate only the first frame (cheaper)."),
     ] = False,
+    image_detail: Annotated[
+        str,
+        typer.Option(
+            "--image-detail",
+            help="native (the checkpoint's own image processing) | base (one base tile: fewer tokens for 34B/OV)",
+        ),
+    ] = "native",
 ) -> None:
     """Store a new version of NAME (an identical definition keeps the current version) and print it as JSON."""
     try:
@@ -104,6 +111,7 @@ def create(
             verdict_only=verdict_only,
             rationale=rationale,
             first_frame_only=first_frame_only,
+            image_detail=image_detail,
         )
         result = _store().create(candidate)
     except GuardqError as exc:

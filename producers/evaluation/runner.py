@@ -105,9 +105,13 @@ class EvalRunner:
         timeout_s: float = 600.0,
         tenant: str = "eval",
         progress: Callable[[int, int], None] | None = None,
+        image_detail: str | None = None,
     ) -> EvalRun:
+        """``image_detail`` overrides the policy's level (every job then carries its policy inline)."""
         spec = get_model(model)
         base, pinned = self.base_policy(policy_ref)
+        if image_detail is not None:
+            base = base.model_copy(update={"image_detail": image_detail})
         run = EvalRun(run_id=uuid.uuid4().hex[:12], dataset=dataset, model=spec.name, policy=base, policy_ref=pinned)
         started = time.monotonic()
         jobs: dict[str, SampleResult] = {}
@@ -118,7 +122,7 @@ class EvalRunner:
             image = self._image(sample, result)
             if image is None:
                 continue
-            inline = sample_policy(base, sample)
+            inline = sample_policy(base, sample) or (base if image_detail is not None else None)
             job = ModerationJob(
                 job_id=f"eval-{run.run_id}-{index}",
                 image=image,

@@ -155,3 +155,30 @@ def test_a_bad_dataset_exits_with_one_clear_line(cli_env: None, tmp_path: Path) 
     result = CliRunner().invoke(app, ["eval", str(bad), "--out", str(tmp_path / "o")])
     assert 2 == result.exit_code
     assert "record 1: unknown category 'O12'" in result.stderr
+
+
+def test_guardq_eval_reports_each_image_detail_level_side_by_side(
+    cli_env: None, worker: Service, sim: SimulatedSGLang, s3_client: Any, tmp_path: Path
+) -> None:
+    sim.configure(rules=RULES)
+    dataset = labelled_set(tmp_path / "set", s3_client)
+    out = tmp_path / "levels"
+    result = CliRunner().invoke(
+        app, ["eval", str(dataset), "--out", str(out), "--timeout", "60", "--image-detail", "native,base", "--no-plots"]
+    )
+    assert 0 == result.exit_code, result.output
+    table = (out / "levels.md").read_text()
+    assert ["native", "base"] == [
+        line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| n") or line.startswith("| b")
+    ]
+    assert (out / "native" / "report.md").exists() and (out / "base" / "report.md").exists()
+    # the 7B checkpoint's input is one 336-px tile at either level: same verdicts, same accuracy
+    assert 1 == len({line.split("|")[2] for line in table.splitlines()[4:]})
+
+
+def test_a_bad_image_detail_level_exits_with_one_clear_line(cli_env: None, tmp_path: Path) -> None:
+    data = tmp_path / "set.jsonl"
+    data.write_text('{"id": "x", "image": "a.png", "rating": "Safe", "category": "NA"}\n')
+    result = CliRunner().invoke(app, ["eval", str(data), "--image-detail", "native,tiny"])
+    assert 2 == result.exit_code
+    assert "guardq: --image-detail: 'tiny' is not a level; use native, base or native,base\n" == result.stderr

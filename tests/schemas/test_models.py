@@ -49,3 +49,18 @@ def test_each_model_has_an_interactive_and_a_bulk_queue() -> None:
     spec = get_model("AIML-TUDA/LlavaGuard-34B")
     assert "guardq.llavaguard-34b" == queue_name(spec)
     assert "guardq.llavaguard-34b.bulk" == queue_name(spec, Priority.BULK)
+
+
+def test_the_base_image_detail_sends_one_base_tile() -> None:
+    assert (336, 336) == (
+        get_model("AIML-TUDA/LlavaGuard-7B").image_side("base"),
+        get_model("AIML-TUDA/LlavaGuard-7B").image_side("native"),
+    )
+    assert (336, 1008) == (
+        get_model("AIML-TUDA/LlavaGuard-34B").image_side("base"),
+        get_model("AIML-TUDA/LlavaGuard-34B").image_side("native"),
+    )
+    assert (384, 1152) == (
+        get_model("AIML-TUDA/LlavaGuard-v1.2-7B-OV").image_side("base"),
+        get_model("AIML-TUDA/LlavaGuard-v1.2-7B-OV").image_side("native"),
+    )

@@ -16,7 +16,6 @@ import pytest
 
 from producers.broker import JobQueue
 from producers.events import last_id, wait_for
-from schemas.job import ModerationJob
 from schemas.keys import model_queues
 from schemas.models import get_model
 from tests.benchmarks.workload import distinct_jpegs, upload_jobs
