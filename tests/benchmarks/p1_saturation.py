@@ -41,7 +41,8 @@ async def direct_client(url: str, bodies: list[dict[str, object]], in_flight: in
     queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    # drop idle connections before the server does (SGLang's uvicorn and the test server close them after 5 s)
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def drain() -> None:
