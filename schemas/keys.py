@@ -24,6 +24,16 @@ def model_queues(model: ModelSpec) -> list[str]:
 OPEN_JOBS = f"{KEY_PREFIX}:jobs:open"  # sorted set: job id -> enqueue time, removed when its terminal event is out
 RECONCILE_SUSPECTS = f"{KEY_PREFIX}:reconcile:suspects"  # hash: job id -> when a sweep first missed its message
 RECONCILE_LOCK = f"{KEY_PREFIX}:reconcile:lock"
+# Messages reserved by a worker that died come back from these within seconds, not after the visibility timeout
+# (worker/reclaim.py). Written by the worker's kombu reservation hook (worker/kombu_compat.py) and its lease.
+UNACKED_OWNERS = f"{KEY_PREFIX}:unacked:owners"  # hash: kombu delivery tag -> incarnation of the reserving worker
+RECLAIM_LOCK = f"{KEY_PREFIX}:reclaim:lock"  # one worker sweeps at a time
+RECLAIM_SUSPECTS = f"{KEY_PREFIX}:reclaim:suspects"  # hash: incarnation -> Redis time its lease was first missed
+
+
+def worker_lease_key(incarnation: str) -> str:
+    """String with a TTL, refreshed by one worker process (one *incarnation* of a node) while it lives."""
+    return f"{KEY_PREFIX}:fleet:lease:{incarnation}"
 
 
 def job_key(job_id: str) -> str:

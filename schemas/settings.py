@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     url_max_redirects: int = Field(default=5, ge=0, le=20)
     url_allowed_networks: list[str] = Field(default_factory=list)
     jpeg_quality: int = Field(default=90, ge=50, le=100)
+    # Decoded pixels held at once by one worker process (all threads); a decode that does not fit waits its turn.
+    decode_memory_mb: int = Field(default=1024, ge=16)
 
     # Events and bookkeeping
     event_source: str = "urn:guardq"
@@ -127,6 +129,12 @@ class Settings(BaseSettings):
     # How often one worker sweeps for jobs the broker lost and re-sends them (worker/reconcile.py); 0 turns it off.
     reconcile_interval_s: float = Field(default=15.0, ge=0)
     reconcile_max_scan: int = Field(default=200_000, ge=1000)  # skip the sweep when the queues hold more entries
+    # How often one worker hands the messages of dead workers (lease expired) back to their queues
+    # (worker/reclaim.py); 0 leaves them to the visibility timeout.
+    reclaim_interval_s: float = Field(default=2.0, ge=0)
+    # A configuration-class failure (worker/faults.py) pauses consumption this long, doubling up to the max.
+    fault_pause_s: float = Field(default=30.0, gt=0)
+    fault_pause_max_s: float = Field(default=600.0, gt=0)
 
     # Producers: S3 backfill (guardq backfill)
     backfill_max_pending: int = Field(default=5000, ge=1)  # default of --max-pending: bulk jobs waiting at most

@@ -20,6 +20,7 @@ from schemas.models import ModelSpec, get_model
 from schemas.policy import PolicyInfo
 from schemas.settings import Settings
 from worker.cache import CachedOutcome, CacheKey, VerdictCache
+from worker.decodebudget import DecodeBudget
 from worker.eventbuild import completed_event, image_facts
 from worker.image import prepare_image
 from worker.inference.base import InferenceBackend, InferenceRequest
@@ -67,8 +68,10 @@ class Moderator:
         backend: InferenceBackend,
         policies: PolicyResolver,
         cache: VerdictCache,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self._settings = settings
+        self._decode_budget = decode_budget
         self._model = model
         self._source = source
         self._backend = backend
@@ -115,6 +118,7 @@ class Moderator:
                 max_pixels=self._settings.max_image_pixels,
                 jpeg_quality=self._settings.jpeg_quality,
                 sha256=sha256,
+                budget=self._decode_budget,
             )
             progress.image = image_facts(uri, prepared)
             progress.timings.prepare_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -128,7 +132,7 @@ class Moderator:
             return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
 
         # A hit (same bytes, policy text, model) skips decoding and the model call alike.
-        outcome, cached = self._cache.verdict(key, decode_and_infer)
+        outcome, cached = self._cache.verdict(key, decode_and_infer, job_id=job.job_id)
         if cached:
             progress.image = outcome.image.model_copy(update={"uri": uri})
         verdict = outcome.verdict

@@ -30,6 +30,19 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 return sid
 """
 
+_PUBLISH_BARE = """
+redis.call('ZREM', KEYS[3], ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[4], ARGV[1])
+redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
+return sid
+"""
+
+_REQUEUED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[2], 'state', 'queued', 'updated_at', ARGV[1]) end
+return 1
+"""
+
 _BEGIN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[2], 'duplicate_deliveries', 1)
@@ -53,6 +66,8 @@ class Publisher:
         self._maxlen = stream_maxlen
         self._ttl = job_ttl_s
         self._publish = client.register_script(_PUBLISH)
+        self._publish_bare = client.register_script(_PUBLISH_BARE)
+        self._requeued = client.register_script(_REQUEUED)
         self._begin = client.register_script(_BEGIN)
 
     def begin(self, job_id: str, attempt: int, worker: str) -> bool:
@@ -85,3 +100,15 @@ class Publisher:
         ]
         sid = self._publish(keys=keys, args=args)
         return sid.decode() if isinstance(sid, bytes) else sid
+
+    def publish_bare(self, event: CloudEvent) -> str | None:
+        """Publish guarded by the terminal guard alone, without touching the job hash: for a job whose hash Redis
+        refuses to update (``WRONGTYPE``: someone wrote another type under its key), so it still ends in one event."""
+        job_id = event.data.job_id
+        keys = [terminal_guard_key(job_id), self._stream, OPEN_JOBS]
+        sid = self._publish_bare(keys=keys, args=[event.to_json(), self._maxlen, self._ttl, STREAM_FIELD, job_id])
+        return sid.decode() if isinstance(sid, bytes) else sid
+
+    def requeued(self, job_id: str) -> None:
+        """The attempt handed its job back to the queue untouched: its state reads ``queued`` again."""
+        self._requeued(keys=[terminal_guard_key(job_id), job_key(job_id)], args=[time.time()])

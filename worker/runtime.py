@@ -16,7 +16,9 @@ from schemas.errors import ConfigError
 from schemas.models import ModelSpec, get_model
 from schemas.settings import Settings, load_settings
 from worker.cache import VerdictCache
+from worker.decodebudget import DecodeBudget
 from worker.inference.base import InferenceBackend
+from worker.liveness import Liveness, current_incarnation
 from worker.pipeline import Moderator
 from worker.policies import PolicyResolver
 from worker.publish import Publisher
@@ -41,9 +43,21 @@ def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
 
 
 def verdict_cache(settings: Settings, client: redis.Redis[bytes]) -> VerdictCache:
-    """The cache, its lock outliving the longest inference (every invalid-output retry at the full timeout)."""
+    """The cache, its lock outliving the longest inference (every invalid-output retry at the full timeout).
+
+    A duplicate waits for the lock's holder at most a quarter of the visibility timeout, so a wait can never hold a
+    message until the broker hands it out a second time; a holder that died is taken over (``worker.cache``).
+    """
     lock_s = settings.sglang_timeout_s * (settings.invalid_output_retries + 1) + 10
-    return VerdictCache(client, ttl_s=settings.verdict_cache_ttl_s, wait_s=settings.verdict_cache_wait_s, lock_s=lock_s)
+    wait_s = min(settings.verdict_cache_wait_s, settings.visibility_timeout_s / 4)
+    return VerdictCache(
+        client,
+        ttl_s=settings.verdict_cache_ttl_s,
+        wait_s=wait_s,
+        lock_s=lock_s,
+        incarnation=current_incarnation,
+        alive=Liveness(client).alive,
+    )
 
 
 @dataclass
@@ -78,7 +92,13 @@ class Runtime:
             source=source,
             backend=backend,
             moderator=Moderator(
-                settings, model, source, backend, PolicyResolver(client), verdict_cache(settings, client)
+                settings,
+                model,
+                source,
+                backend,
+                PolicyResolver(client),
+                verdict_cache(settings, client),
+                decode_budget=DecodeBudget(settings.decode_memory_mb * 1024 * 1024),
             ),
             hostname=hostname or socket.gethostname(),
         )
