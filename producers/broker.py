@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 import redis
@@ -13,9 +14,17 @@ from redis.client import Pipeline
 
 from producers.taskmessage import redis_entry
 from schemas.job import ModerationJob
-from schemas.keys import OPEN_JOBS, job_key, queue_name
+from schemas.keys import OPEN_JOBS, job_key, queue_name, terminal_guard_key
 from schemas.models import get_model
 from schemas.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What Redis still remembers of a job id: when it was enqueued and what image it was for."""
+
+    age_s: float
+    image: str | None
 
 
 class JobQueue:
@@ -100,6 +109,17 @@ class JobQueue:
             pipe.lpush(target, entry)
         pipe.execute()
         return [job.job_id for job in jobs]
+
+    def record_of(self, job_id: str) -> JobRecord | None:
+        """The job this id already names (its record or its terminal guard), or None for an unused id."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(job_key(job_id), ["enqueued_at", "image"])
+        pipe.exists(terminal_guard_key(job_id))
+        (enqueued_at, image), guarded = pipe.execute()
+        if enqueued_at is None and image is None and not guarded:
+            return None
+        age = time.time() - float(enqueued_at) if enqueued_at is not None else float("inf")
+        return JobRecord(age_s=age, image=image.decode() if image is not None else None)
 
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (Redis list length; reserved/unacked ones are not counted)."""

@@ -20,6 +20,7 @@ from producers.api.services import (
     image_source,
     job_factory,
 )
+from producers.broker import JobRecord
 from schemas.job import ModerationJob, new_job_id
 from schemas.keys import job_key
 from schemas.policy import Policy
@@ -97,6 +98,13 @@ def enqueue_once(
         return respond(claim.replay, replayed=True)
     try:
         job = make_job(keyed_job_id(tenant, idem_key))
+        earlier = svc.queue.record_of(job.job_id)
+        if earlier is not None:
+            # The key's job id is derived from tenant and key, and its job (with its publish guard) outlives the key
+            # record: never answer a new request with an old job's verdict.
+            body = _earlier_use(svc, request, job, earlier, idem_key)
+            svc.idempotency.complete(claim, body)
+            return respond(body, replayed=True)
         svc.queue.send(job)
     except BaseException:
         svc.idempotency.release(claim)
@@ -104,6 +112,23 @@ def enqueue_once(
     body = accepted(request, job)
     svc.idempotency.complete(claim, body)
     return respond(body)
+
+
+def _earlier_use(svc: Services, request: Request, job: ModerationJob, earlier: JobRecord, key: str) -> dict[str, Any]:
+    """The answer for a key whose record is gone while its job is still remembered.
+
+    Within the key's lifetime that is our own crash between enqueueing and storing the answer: the same request
+    gets the same job. Past it, the key was reused: a clear 409 (use a new key), not the old job's verdict.
+    """
+    ttl = svc.settings.api_idempotency_ttl_s
+    if earlier.age_s < ttl and earlier.image == str(job.image):
+        return accepted(request, job)
+    raise ApiError(
+        409,
+        "idempotency_key_expired",
+        f"this Idempotency-Key was used for job {job.job_id} {earlier.age_s / 3600:.1f} h ago; keys are remembered "
+        f"for {ttl / 3600:g} h and must not be reused after that: send a new Idempotency-Key",
+    )
 
 
 @router.post("/moderations", status_code=202, response_model=Accepted, summary="Queue an image for moderation")

@@ -109,9 +109,7 @@ def test_a_dead_workers_messages_go_back_once_its_lease_was_missing_for_the_grac
         assert not redis_client.hexists("unacked", tag)
 
 
-def test_a_live_workers_messages_are_left_alone(
-    redis_url: str, redis_client: redis_lib.Redis, queue_name: str
-) -> None:
+def test_a_live_workers_messages_are_left_alone(redis_url: str, redis_client: redis_lib.Redis, queue_name: str) -> None:
     alive = f"node-{uuid.uuid4().hex[:6]}@a#1-aa"
     redis_client.set(worker_lease_key(alive), "1", ex=30)
     tags = reserve(redis_url, queue_name, alive, 2)
