@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from celery.signals import celeryd_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker import state as celery_state
 from prometheus_client import REGISTRY
 
 from schemas.keys import TASK_MODERATE
@@ -24,7 +25,7 @@ from worker import kombu_compat, metrics
 from worker.faults import FaultState, configure_faults
 from worker.heartbeat import Heartbeat
 from worker.liveness import Lease, new_incarnation, set_current_incarnation
-from worker.reclaim import Reclaimer, ReclaimLoop
+from worker.reclaim import OwnReservations, Reclaimer, ReclaimLoop
 from worker.reconcile import ReconcileLoop, Reconciler
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
@@ -130,13 +131,21 @@ def _start_reclaim(app: Any, settings: Any, m: metrics.WorkerMetrics) -> Reclaim
                 qos.restore_by_tag(tag)
         m.reclaimed.inc(len(tags))
 
-    reclaimer = Reclaimer(
-        get_runtime().redis,
-        restore,
-        incarnation=_lease.incarnation,
-        grace_s=2 * settings.heartbeat_interval_s,
-    )
-    return ReclaimLoop(reclaimer, interval_s=settings.reclaim_interval_s).start()
+    client = get_runtime().redis
+    reclaimer = Reclaimer(client, restore, incarnation=_lease.incarnation, grace_s=2 * settings.heartbeat_interval_s)
+    own = OwnReservations(client, restore, incarnation=_lease.incarnation, held=held_delivery_tags)
+    return ReclaimLoop(reclaimer, interval_s=settings.reclaim_interval_s, own=own).start()
+
+
+def held_delivery_tags() -> set[str]:
+    """Delivery tags of the task requests this process holds: reserved, scheduled (ETA) or running."""
+    for _ in range(5):
+        try:
+            requests = list(celery_state.requests.values()) + list(celery_state.active_requests)
+        except RuntimeError:  # the consumer thread changed a set while we copied it; copy again
+            continue
+        return {str(r.message.delivery_tag) for r in requests if getattr(r, "message", None) is not None}
+    raise RuntimeError("could not copy the worker's request sets")
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -16,6 +16,12 @@ the reserved messages:
   it is dead and its messages go back. Two sightings keep a Redis restart (leases past their TTL come back expired
   until each worker's next renewal) from being taken for a fleet-wide death.
 
+A live worker can orphan messages too: when the broker connection drops (a Redis restart), Celery rebuilds its
+channel and kombu cannot restore what the old one held, and an acknowledgement that fails leaves its message
+reserved. Those entries carry a live incarnation, so every worker also audits *its own* entries
+(:class:`OwnReservations`, every ``AUDIT_EVERY_S``): a message recorded as its own that it holds in no task
+request at two audits in a row goes back.
+
 A message goes back through kombu's own ``restore_by_tag`` (one WATCH/MULTI transaction: gone from ``unacked``,
 its index and the owners hash, pushed to the head of its queue, flagged redelivered), so a message restored twice,
 or acknowledged meanwhile, is pushed at most once. The cost of a sweep is one ``HGETALL`` of the owners hash, which
@@ -25,6 +31,7 @@ holds only the messages reserved right now (fleet concurrency), plus one ``EXIST
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -36,6 +43,7 @@ from schemas.keys import RECLAIM_LOCK, RECLAIM_SUSPECTS, UNACKED_OWNERS
 from worker.liveness import Liveness, node_of
 
 log = structlog.get_logger("guardq.reclaim")
+AUDIT_EVERY_S = 15.0
 UNACKED = "unacked"  # kombu's hash of reserved messages (delivery tag -> [message, exchange, routing key])
 Restore = Callable[[Sequence[str]], None]  # put these delivery tags back on their queues (kombu restore_by_tag)
 
@@ -125,12 +133,62 @@ class Reclaimer:
         return len(held)
 
 
-class ReclaimLoop:
-    """Sweeps every ``interval_s`` from a daemon thread (the first sweep at once: a restarted node's predecessor)."""
+class OwnReservations:
+    """Finds the messages this incarnation is recorded as holding but holds in no task request any more."""
 
-    def __init__(self, reclaimer: Reclaimer, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        restore: Restore,
+        *,
+        incarnation: str,
+        held: Callable[[], set[str]],
+        owners_key: str = UNACKED_OWNERS,
+    ) -> None:
+        self._redis = client
+        self._restore = restore
+        self._me = incarnation.encode()
+        self._held = held
+        self._owners = owners_key
+        self._unheld: set[str] = set()
+
+    def audit(self) -> int:
+        """One audit; messages unheld at the previous audit and still unheld now go back. Returns how many."""
+        mine = {tag.decode() for tag, owner in self._redis.hgetall(self._owners).items() if owner == self._me}
+        unheld = mine - self._held()
+        orphans = sorted(unheld & self._unheld)
+        self._unheld = unheld - set(orphans)
+        if not orphans:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for tag in orphans:
+            pipe.hexists(UNACKED, tag)
+        present = [tag for tag, found in zip(orphans, pipe.execute(), strict=True) if found]
+        gone = [tag for tag in orphans if tag not in present]
+        if gone:
+            self._redis.hdel(self._owners, *gone)
+        if present:
+            self._restore(present)
+            log.warning("reclaimed_own_orphaned_messages", messages=len(present), note="lost by a broker reconnect")
+        return len(present)
+
+
+class ReclaimLoop:
+    """Sweeps every ``interval_s`` from a daemon thread (the first sweep at once: a restarted node's predecessor),
+    and audits this worker's own reservations every ``audit_every_s``."""
+
+    def __init__(
+        self,
+        reclaimer: Reclaimer,
+        *,
+        interval_s: float,
+        own: OwnReservations | None = None,
+        audit_every_s: float = AUDIT_EVERY_S,
+    ) -> None:
         self._reclaimer = reclaimer
+        self._own = own
         self._interval = interval_s
+        self._audit_every = audit_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="guardq-reclaim", daemon=True)
 
@@ -139,9 +197,13 @@ class ReclaimLoop:
         return self
 
     def _loop(self) -> None:
+        next_audit = time.monotonic() + self._audit_every
         while not self._stop.is_set():
             try:
                 self._reclaimer.sweep()
+                if self._own is not None and time.monotonic() >= next_audit:
+                    next_audit = time.monotonic() + self._audit_every
+                    self._own.audit()
             except redis.RedisError as exc:
                 log.info("reclaim_skipped", error=repr(exc))  # Redis down; try again next interval
             except Exception:  # a bug must not end the loop silently
