@@ -12,7 +12,7 @@ a clock can come right without a restart (rotated role credentials, NTP), and a 
 
 While a fault stands the worker reports itself unhealthy: a log line ``worker_unhealthy`` naming the cause and the
 message, the metrics ``guardq_worker_healthy`` (0) and ``guardq_worker_fault{cause}`` (1), and the fields
-``health``, ``fault`` and ``fault_message`` of its fleet registry hash (``guardq fleet status``).
+``worker_health``, ``fault`` and ``fault_message`` of its fleet registry hash (``guardq fleet status``).
 """
 
 from __future__ import annotations

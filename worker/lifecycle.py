@@ -75,7 +75,7 @@ def _snapshot() -> dict[str, object]:
     fault = configure_faults(pause_s=rt.settings.fault_pause_s, pause_max_s=rt.settings.fault_pause_max_s).state
     return {
         "incarnation": _lease.incarnation if _lease is not None else "",
-        "health": "unhealthy" if fault is not None else "ok",
+        "worker_health": "unhealthy" if fault is not None else "ok",
         "fault": fault.cause if fault is not None else "",
         "fault_message": fault.message[:300] if fault is not None else "",
         "role": "worker",

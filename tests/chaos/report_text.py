@@ -82,7 +82,7 @@ credentials are the same class) — used to fail every job it took at full speed
 its queue untouched (no retry spent, no event), the worker stops consuming for `GUARDQ_FAULT_PAUSE_S` (30 s,
 doubling to `GUARDQ_FAULT_PAUSE_MAX_S`, 600 s, while probes keep failing) and reports itself unhealthy: a
 `worker_unhealthy` log line naming the cause, `guardq_worker_healthy 0` and `guardq_worker_fault{cause}` 1, and
-`health`/`fault`/`fault_message` in its fleet registry hash (`guardq fleet status`). A genuinely bad request (SGLang
+`worker_health`/`fault`/`fault_message` in its fleet registry hash (`guardq fleet status`). A genuinely bad request (SGLang
 400: context too long, an image it cannot decode) stays a permanent failure of that job; a 400 "Duplicate request
 ID" is transient.
 

@@ -1,7 +1,7 @@
 """A misconfigured worker fails no job: it pauses, says why, and leaves the jobs queued for healthy workers.
 
 Each case starts the broken worker alone (production defaults), lets it take jobs, and checks that none ended:
-its fleet registry hash reads ``health=unhealthy`` with the cause, its metrics say ``guardq_worker_healthy 0`` and
+its fleet registry hash reads ``worker_health=unhealthy`` with the cause, its metrics say ``guardq_worker_healthy 0`` and
 ``guardq_worker_fault{cause=...} 1``, its log names the cause. Then a healthy worker starts and every job
 completes, none failed.
 """
@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from producers.events import wait_for
+from producers.fleetview import snapshot
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import fleet_node_key
 from tests.chaos.cluster import Cluster
@@ -110,8 +111,11 @@ def test_a_misconfigured_worker_fails_no_job_and_reports_why(
     registry = fleet_node_key(bad.url)
     redis = cluster.queue.redis
     wait_until(lambda: redis.hget(registry, "fault") == case.encode(), 60, f"worker reporting {case}", bad.proc)
-    assert b"unhealthy" == redis.hget(registry, "health")
+    assert b"unhealthy" == redis.hget(registry, "worker_health")
     assert redis.hget(registry, "fault_message")
+    fleet = snapshot(redis)  # what `guardq fleet status` shows
+    assert [case] == [n.get("fault") for n in fleet["nodes"] if n["node"] == bad.url]
+    assert 1 == fleet["totals"]["unhealthy"]
     assert [] == list(wait_for(redis, ids, after=after, timeout_s=1.0)), "the broken worker ended jobs"
     healthy = _metric(metrics_port, "guardq_worker_healthy")
     faults = _metric(metrics_port, "guardq_worker_fault")
