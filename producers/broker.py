@@ -14,7 +14,7 @@ from redis.client import Pipeline
 
 from producers.taskmessage import redis_entry
 from schemas.job import ModerationJob
-from schemas.keys import OPEN_JOBS, job_key, queue_name, terminal_guard_key
+from schemas.keys import OPEN_QUEUES, job_key, open_jobs_key, queue_name, terminal_guard_key
 from schemas.models import get_model
 from schemas.settings import Settings
 
@@ -70,7 +70,7 @@ class JobQueue:
         queue: str | None = None,
         also: Callable[[Pipeline[bytes]], object] | None = None,
     ) -> list[str]:
-        """Send jobs in one Redis transaction (MULTI/EXEC): each job's record, its entry in the open-jobs index and
+        """Send jobs in one Redis transaction (MULTI/EXEC): each job's record, its entry in its queue's open index and
         its Celery message, plus the caller's own writes: all of them land or none do.
 
         ``queue`` overrides each job's model queue (a backfill routed to dedicated ``guardq worker --queues``
@@ -79,6 +79,8 @@ class JobQueue:
         no job can be recorded but not sent (or sent but not recorded) if the producer dies in between.
         """
         now = time.time()
+        seconds, micros = self.redis.time()  # the reconciler's indices run on Redis' clock, not the producers'
+        joined = seconds + micros / 1e6
         pipe = self.redis.pipeline(transaction=True)
         if also is not None:
             also(pipe)
@@ -100,7 +102,8 @@ class JobQueue:
                 },
             )
             pipe.expire(key, self.settings.job_ttl_s)
-            pipe.zadd(OPEN_JOBS, {job.job_id: now})
+            pipe.zadd(open_jobs_key(target), {job.job_id: joined})
+            pipe.sadd(OPEN_QUEUES, target)
             # A short argsrepr instead of Celery's saferepr of the whole job: less CPU per message, and no second
             # copy of the job in every message's headers.
             entry = redis_entry(

@@ -70,7 +70,11 @@ class Settings(BaseSettings):
     # Events and bookkeeping
     event_source: str = "urn:guardq"
     stream_maxlen: int = Field(default=1_000_000, ge=1000)
-    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    stream_max_age_s: int = Field(default=2 * 24 * 3600, ge=0)  # entries older than this are trimmed; 0 = length only
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)  # a finished interactive job's (compact) record
+    # A finished backfill job's record is its dedupe guard only (results live in the results sink): kept this long,
+    # and never less than the visibility timeout (the longest a redelivery can come after the event).
+    bulk_record_ttl_s: int = Field(default=2 * 3600, ge=60)
 
     # Logging
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -95,6 +99,9 @@ class Settings(BaseSettings):
     results_batch_s: float = Field(default=30.0, gt=0)
     verdict_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)  # 0 turns the verdict cache off
     verdict_cache_wait_s: float = Field(default=60.0, ge=0)  # how long a duplicate waits for the first
+    # The verdict cache on its own Redis (maxmemory-policy allkeys-lru: entries can be evicted, never the queues);
+    # default: GUARDQ_REDIS_URL. Same URL rules as GUARDQ_REDIS_URL.
+    cache_redis_url: str | None = None
 
     # Local transformers backend (GUARDQ_BACKEND=transformers, pip install 'guardq[local]')
     local_model_path: str | None = None  # a local -hf checkpoint dir or hub id; default: the model's hf_checkpoint
@@ -128,7 +135,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)  # fleet registry refresh (guardq fleet status)
     # How often one worker sweeps for jobs the broker lost and re-sends them (worker/reconcile.py); 0 turns it off.
     reconcile_interval_s: float = Field(default=15.0, ge=0)
-    reconcile_max_scan: int = Field(default=200_000, ge=1000)  # skip the sweep when the queues hold more entries
+    reconcile_batch: int = Field(default=1000, ge=10)  # most jobs one sweep examines per index (per queue)
     # How often one worker hands the messages of dead workers (lease expired) back to their queues
     # (worker/reclaim.py); 0 leaves them to the visibility timeout.
     reclaim_interval_s: float = Field(default=2.0, ge=0)
@@ -156,9 +163,11 @@ class Settings(BaseSettings):
     api_read_timeout_s: float = Field(default=30.0, gt=0)  # longest pause while a request head or body arrives (408)
     api_body_timeout_s: float = Field(default=600.0, gt=0)  # longest time to receive a whole body (408)
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "cache_redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis://, rediss:// or unix:// URL")

@@ -1,8 +1,10 @@
 """Verdict cache: the same image bytes under the same policy text and model cost one inference, not many.
 
-A completed verdict (with the facts of the image it was given) is stored under (model, policy sha256, image
-sha256, request variant) for
-``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). A job that finds it publishes that verdict marked
+A completed verdict (with the facts of the image it was given) is stored under a 128-bit digest of (model, policy
+sha256, image sha256, request variant) as a compact JSON array (:func:`encode_outcome`: rating and category as
+codes, the rationale, the score and the image facts; about 100 bytes plus the rationale, where the full JSON took
+~680) for ``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). ``GUARDQ_CACHE_REDIS_URL`` puts it on a Redis of
+its own (``maxmemory-policy allkeys-lru``: under memory pressure old verdicts go, never queued jobs). A job that finds it publishes that verdict marked
 ``data.cached = true`` without calling the model. Duplicates that arrive while the first is still being inferred
 do not all hit the GPU: the first takes a short Redis lock (``SET NX PX``), the others poll for its verdict for
 at most ``GUARDQ_VERDICT_CACHE_WAIT_S`` (kept well below the visibility timeout) and then infer themselves (so a
@@ -21,12 +23,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 import redis
 import structlog
 from pydantic import BaseModel
 
 from schemas.events import ImageFacts
 from schemas.keys import verdict_cache_key
+from schemas.taxonomy import CATEGORY_NAMES, category_code
 from schemas.verdict import Verdict
 
 log = structlog.get_logger("guardq.cache")
@@ -66,6 +70,30 @@ class CachedOutcome(BaseModel):
 
     verdict: Verdict
     image: ImageFacts
+
+
+_CATEGORY_BY_CODE = {category_code(name): name for name in CATEGORY_NAMES}
+
+
+def encode_outcome(outcome: CachedOutcome) -> bytes:
+    """``[rating, category code, P(Unsafe), width, height, bytes, format, rationale]`` as JSON (the image's sha256
+    is part of the key)."""
+    v, image = outcome.verdict, outcome.image
+    row = [v.rating[0], v.category_code, v.unsafe_score, image.width, image.height, image.bytes, image.format]
+    return orjson.dumps([*row, v.rationale])
+
+
+def decode_outcome(raw: bytes, sha256: str | None = None) -> CachedOutcome:
+    rating, code, score, width, height, size, fmt, rationale = orjson.loads(raw)
+    return CachedOutcome(
+        verdict=Verdict(
+            rating="Safe" if rating == "S" else "Unsafe",
+            category=_CATEGORY_BY_CODE[code],
+            rationale=rationale,
+            unsafe_score=score,
+        ),
+        image=ImageFacts(uri="", sha256=sha256, width=width, height=height, bytes=size, format=fmt),
+    )
 
 
 @dataclass(frozen=True)
@@ -127,11 +155,11 @@ class VerdictCache:
         next_liveness_check = time.monotonic() + LIVENESS_CHECK_S
         pause = 0.02
         while True:
-            hit = self._get(name)
+            hit = self._get(name, key.image_sha256)
             if hit is not None:
                 return hit, True
             if self._redis.set(lock, me, nx=True, px=self._lock_ms):
-                return self._infer_as_owner(name, me, infer)
+                return self._infer_as_owner(name, me, infer, key.image_sha256)
             held = self._redis.get(lock)
             if held is not None:
                 holder = LockHolder.parse(held)
@@ -141,24 +169,31 @@ class VerdictCache:
                     stale = bool(holder.incarnation) and not self._alive(holder.incarnation)
                 if stale and self._take_over(keys=[lock], args=[held, me, self._lock_ms]):
                     log.info("cache_lock_taken_over", key=name, holder_job=holder.job_id, holder=holder.incarnation)
-                    return self._infer_as_owner(name, me, infer)
+                    return self._infer_as_owner(name, me, infer, key.image_sha256)
             if time.monotonic() >= deadline:
                 log.warning("cache_wait_expired", key=name, waited_s=self._wait_s)
                 return infer(), False
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # the owner is inferring; poll, bounded
             pause = min(pause * 1.5, 0.25)
 
-    def _infer_as_owner(self, name: str, token: str, infer: Callable[[], CachedOutcome]) -> tuple[CachedOutcome, bool]:
+    def _infer_as_owner(
+        self, name: str, token: str, infer: Callable[[], CachedOutcome], sha256: str
+    ) -> tuple[CachedOutcome, bool]:
         try:
-            hit = self._get(name)  # the previous owner may have finished between our GET and our SET NX
+            hit = self._get(name, sha256)  # the previous owner may have finished between our GET and our SET NX
             if hit is not None:
                 return hit, True
             outcome = infer()
-            self._redis.set(name, outcome.model_dump_json(), ex=self._ttl_s)
+            self._redis.set(name, encode_outcome(outcome), ex=self._ttl_s)
             return outcome, False
         finally:
             self._release(keys=[f"{name}:lock"], args=[token])
 
-    def _get(self, name: str) -> CachedOutcome | None:
+    def _get(self, name: str, sha256: str | None = None) -> CachedOutcome | None:
         raw = self._redis.get(name)
-        return CachedOutcome.model_validate_json(raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return decode_outcome(raw, sha256)
+        except (ValueError, KeyError, TypeError):  # an entry of an older layout: infer again, overwrite it
+            return None

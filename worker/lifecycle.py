@@ -26,9 +26,10 @@ from worker.faults import FaultState, configure_faults
 from worker.heartbeat import Heartbeat
 from worker.liveness import Lease, new_incarnation, set_current_incarnation
 from worker.reclaim import OwnReservations, Reclaimer, ReclaimLoop
-from worker.reconcile import ReconcileLoop, Reconciler
+from worker.reconcile import UNACKED, ReconcileLoop, Reconciler, reserved_ids
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
+from worker.streamwatch import RedisStateCollector, warn_lagging
 
 log = structlog.get_logger("guardq.lifecycle")
 
@@ -125,10 +126,14 @@ def _start_reclaim(app: Any, settings: Any, m: metrics.WorkerMetrics) -> Reclaim
         return None
 
     def restore(tags: Any) -> None:
+        rt = get_runtime()
+        job_ids = reserved_ids(v for v in rt.redis.hmget(UNACKED, list(tags)) if v is not None)
         with app.connection_for_write() as connection:
             qos = connection.default_channel.qos
             for tag in tags:
                 qos.restore_by_tag(tag)
+        for job_id in job_ids:  # back in their queue: the reconciler's index says so too
+            rt.publisher.requeued(job_id)
         m.reclaimed.inc(len(tags))
 
     client = get_runtime().redis
@@ -163,6 +168,7 @@ def _start(sender: Any, **_: object) -> None:
     faults = configure_faults(pause_s=settings.fault_pause_s, pause_max_s=settings.fault_pause_max_s)
     faults.listen(_on_fault(m))
     REGISTRY.register(metrics.QueueDepthCollector(rt.redis, queues))
+    REGISTRY.register(RedisStateCollector(rt.redis))
     served = metrics.serve(settings.metrics_port, settings.metrics_host)
     advertised = socket.gethostname() if settings.metrics_host in {"0.0.0.0", "::"} else settings.metrics_host  # noqa: S104
     services = Services(
@@ -194,7 +200,8 @@ def _start(sender: Any, **_: object) -> None:
             resend,
             node=node,
             grace_s=settings.reconcile_interval_s,
-            max_scan=settings.reconcile_max_scan,
+            batch=settings.reconcile_batch,
+            also=lambda: warn_lagging(rt.redis, max_age_s=settings.stream_max_age_s),
         )
         services.reconcile = ReconcileLoop(reconciler, interval_s=settings.reconcile_interval_s).start()
     services.reclaim = _start_reclaim(sender.app, settings, m)

@@ -42,7 +42,9 @@ def make_backend(settings: Settings, model: ModelSpec) -> InferenceBackend:
     return SGLangBackend(settings, model)
 
 
-def verdict_cache(settings: Settings, client: redis.Redis[bytes]) -> VerdictCache:
+def verdict_cache(
+    settings: Settings, client: redis.Redis[bytes], cache_client: redis.Redis[bytes] | None = None
+) -> VerdictCache:
     """The cache, its lock outliving the longest inference (every invalid-output retry at the full timeout).
 
     A duplicate waits for the lock's holder at most a quarter of the visibility timeout, so a wait can never hold a
@@ -51,13 +53,16 @@ def verdict_cache(settings: Settings, client: redis.Redis[bytes]) -> VerdictCach
     lock_s = settings.sglang_timeout_s * (settings.invalid_output_retries + 1) + 10
     wait_s = min(settings.verdict_cache_wait_s, settings.visibility_timeout_s / 4)
     return VerdictCache(
-        client,
+        cache_client or client,
         ttl_s=settings.verdict_cache_ttl_s,
         wait_s=wait_s,
         lock_s=lock_s,
         incarnation=current_incarnation,
-        alive=Liveness(client).alive,
+        alive=Liveness(client).alive,  # leases live in the main Redis, wherever the cache is
     )
+
+
+CacheClient = redis.Redis  # the field ``redis`` below shadows the module inside the class
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Runtime:
     backend: InferenceBackend
     moderator: Moderator
     hostname: str
+    cache_redis: CacheClient[bytes] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, hostname: str | None = None) -> Runtime:
@@ -82,13 +88,31 @@ class Runtime:
             health_check_interval=25,
             retry_on_timeout=True,
         )
+        cache_client = (
+            redis.Redis.from_url(
+                settings.cache_redis_url,
+                max_connections=settings.worker_concurrency + 4,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+                health_check_interval=25,
+                retry_on_timeout=True,
+            )
+            if settings.cache_redis_url and settings.cache_redis_url != settings.redis_url
+            else None
+        )
         source = ImageSource(settings)
         backend = make_backend(settings, model)
         return cls(
             settings=settings,
             model=model,
             redis=client,
-            publisher=Publisher(client, stream_maxlen=settings.stream_maxlen, job_ttl_s=settings.job_ttl_s),
+            publisher=Publisher(
+                client,
+                stream_maxlen=settings.stream_maxlen,
+                stream_max_age_s=settings.stream_max_age_s,
+                job_ttl_s=settings.job_ttl_s,
+                bulk_record_ttl_s=max(settings.bulk_record_ttl_s, settings.visibility_timeout_s),
+            ),
             source=source,
             backend=backend,
             moderator=Moderator(
@@ -97,16 +121,19 @@ class Runtime:
                 source,
                 backend,
                 PolicyResolver(client),
-                verdict_cache(settings, client),
+                verdict_cache(settings, client, cache_client),
                 decode_budget=DecodeBudget(settings.decode_memory_mb * 1024 * 1024),
             ),
             hostname=hostname or socket.gethostname(),
+            cache_redis=cache_client,
         )
 
     def close(self) -> None:
         self.backend.close()
         self.source.close()
         self.redis.close()
+        if self.cache_redis is not None:
+            self.cache_redis.close()
 
 
 _runtime: PerProcess[Runtime] = PerProcess(lambda: Runtime.build(load_settings()))

@@ -162,7 +162,7 @@ def _publish(rt: Runtime, event: CloudEvent, *, callback_url: str | None) -> str
             delay = min(delay * 2, 5.0)
 
 
-def _retry(task: Task, rt: Runtime, countdown: float) -> NoReturn:
+def _retry(task: Task, rt: Runtime, countdown: float, job_id: str = "") -> NoReturn:
     """Schedule the retry (Celery publishes a new message, then acknowledges this one).
 
     Celery's ``Task.retry`` rejects the message *without requeue* when publishing the retry fails: the job would be
@@ -170,6 +170,8 @@ def _retry(task: Task, rt: Runtime, countdown: float) -> NoReturn:
     """
     deadline = time.monotonic() + rt.settings.visibility_timeout_s / 2
     delay = 0.1
+    if job_id:
+        rt.publisher.requeued(job_id, state="retrying")  # its new message joins the back of the queue
     while True:
         try:
             task.retry(countdown=countdown, max_retries=rt.settings.max_retries)
@@ -214,7 +216,7 @@ def _run(task: Task, rt: Runtime, message: Any, job_id: str, retries: int, progr
             delay = backoff_s(retries, rt.settings, retry_after=getattr(problem, "retry_after", None))
             get_metrics().retry(problem.code.value)
             log.warning("job_retry", code=problem.code.value, error=problem.message, delay_s=delay)
-            _retry(task, rt, delay)
+            _retry(task, rt, delay, job_id)
         error = problem
     except Exception as exc:  # a bug must still end the job, loudly
         log.exception("job_internal_error")

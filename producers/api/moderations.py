@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -21,8 +20,8 @@ from producers.api.services import (
     job_factory,
 )
 from producers.broker import JobRecord
+from producers.jobstatus import NO_RECORD, read_job
 from schemas.job import ModerationJob, new_job_id
-from schemas.keys import job_key
 from schemas.policy import Policy
 
 router = APIRouter(prefix="/v1", tags=["moderations"])
@@ -66,6 +65,7 @@ class JobStatus(BaseModel):
     updated_at: float | None = None
     attempts: int | None = None
     event: dict[str, Any] | None = Field(default=None, description="The terminal CloudEvent once the job ended.")
+    note: str | None = Field(default=None, description="Why the event is missing for a finished job (trimmed).")
 
 
 def accepted(request: Request, job: ModerationJob) -> dict[str, Any]:
@@ -162,17 +162,19 @@ def create_moderation(
 )
 def get_moderation(job_id: str, who: PrincipalDep, svc: ServicesDep) -> JobStatus:
     """A job of another tenant is reported exactly like a job that does not exist (404)."""
-    raw = svc.queue.redis.hgetall(job_key(job_id)) if _JOB_ID.match(job_id) else {}
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    if not fields or fields.get("tenant") != who.tenant:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    view = read_job(svc.queue.redis, job_id) if _JOB_ID.match(job_id) else None
+    if view is None or view.fields.get("tenant") != who.tenant:
+        raise ApiError(404, "not_found", f"no job {job_id!r}: {NO_RECORD}")
+    fields, event = view.fields, view.event
+    updated = float(fields["updated_at"]) if "updated_at" in fields else view.finished_at
     return JobStatus(
         job_id=job_id,
-        status=fields.get("state", "queued"),
+        status=view.state,
         tenant=who.tenant,
-        image=fields.get("image"),
+        image=fields.get("image") or (event or {}).get("subject"),
         created_at=fields.get("created_at"),
-        updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
+        updated_at=updated,
         attempts=int(fields["attempts"]) if "attempts" in fields else None,
-        event=json.loads(fields["event"]) if "event" in fields else None,
+        event=event,
+        note=view.note,
     )
