@@ -125,12 +125,23 @@ def callback_secret_key(tenant: str) -> str:
 
 
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
-    """A cached verdict for these image bytes under this policy text, model and request variant.
+    """The name of the cached verdict for these image bytes under this policy text, model and request variant.
 
-    The four parts are hashed into 128 bits (22 url-safe base64 characters): a key of 32 bytes instead of ~170,
-    for every distinct image (``worker/cache.py`` keeps the value compact too)."""
+    The four parts are hashed into 128 bits (22 url-safe base64 characters after ``guardq:vc:``). The verdict is
+    the field of that digest in a day bucket (:func:`verdict_cache_bucket`); ``<name>:lock`` is its in-flight lock.
+    """
     digest = hashlib.sha256(f"{model_slug}\n{policy_sha256}\n{image_sha256}\n{variant}".encode()).digest()[:16]
-    return f"{KEY_PREFIX}:vc:{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+    return f"{VERDICT_CACHE_PREFIX}{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+
+
+VERDICT_CACHE_PREFIX = f"{KEY_PREFIX}:vc:"
+VERDICT_CACHE_SHARDS = 16
+
+
+def verdict_cache_bucket(day: int, shard: int) -> str:
+    """Hash of the verdicts cached on one UTC day (``unix time // 86400``), one of ``VERDICT_CACHE_SHARDS``: a
+    field per verdict instead of a key per verdict (no per-key overhead), expiring as a whole."""
+    return f"{KEY_PREFIX}:vcb:{day}:{shard:x}"
 
 
 FLEET_NODES = f"{KEY_PREFIX}:fleet:nodes"

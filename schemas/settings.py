@@ -72,9 +72,10 @@ class Settings(BaseSettings):
     stream_maxlen: int = Field(default=1_000_000, ge=1000)
     stream_max_age_s: int = Field(default=2 * 24 * 3600, ge=0)  # entries older than this are trimmed; 0 = length only
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)  # a finished interactive job's (compact) record
-    # A finished backfill job's record is its dedupe guard only (results live in the results sink): kept this long,
-    # and never less than the visibility timeout (the longest a redelivery can come after the event).
-    bulk_record_ttl_s: int = Field(default=2 * 3600, ge=60)
+    # A finished backfill job's record is only its dedupe guard (results live in the results sink): kept this long.
+    # A redelivery after the event comes within seconds (a failed ack or a worker dying after publishing comes back
+    # through worker/reclaim.py), so ten minutes keep the per-job memory of a backfill at rate x 10 min, not x days.
+    bulk_record_ttl_s: int = Field(default=600, ge=60)
 
     # Logging
     log_format: Literal["auto", "json", "console"] = "auto"

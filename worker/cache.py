@@ -2,8 +2,11 @@
 
 A completed verdict (with the facts of the image it was given) is stored under a 128-bit digest of (model, policy
 sha256, image sha256, request variant) as a compact JSON array (:func:`encode_outcome`: rating and category as
-codes, the rationale, the score and the image facts; about 100 bytes plus the rationale, where the full JSON took
-~680) for ``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). ``GUARDQ_CACHE_REDIS_URL`` puts it on a Redis of
+codes, the rationale, the score and the image facts; about 40 bytes plus the rationale, where the full JSON took
+~680) for ``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). Verdicts are fields of day buckets
+(``schemas.keys.verdict_cache_bucket``: one hash per UTC day and shard, expiring a TTL after its day ends), not keys
+of their own: a key costs ~150 bytes of key-space and expiry tables before its value. A lookup asks the buckets of
+the TTL's days in one round trip; an entry lives its TTL and at most a day more. ``GUARDQ_CACHE_REDIS_URL`` puts it on a Redis of
 its own (``maxmemory-policy allkeys-lru``: under memory pressure old verdicts go, never queued jobs). A job that finds it publishes that verdict marked
 ``data.cached = true`` without calling the model. Duplicates that arrive while the first is still being inferred
 do not all hit the GPU: the first takes a short Redis lock (``SET NX PX``), the others poll for its verdict for
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +33,7 @@ import structlog
 from pydantic import BaseModel
 
 from schemas.events import ImageFacts
-from schemas.keys import verdict_cache_key
+from schemas.keys import VERDICT_CACHE_PREFIX, VERDICT_CACHE_SHARDS, verdict_cache_bucket, verdict_cache_key
 from schemas.taxonomy import CATEGORY_NAMES, category_code
 from schemas.verdict import Verdict
 
@@ -44,6 +48,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], 
 return false
 """
 LIVENESS_CHECK_S = 1.0  # how often a waiter asks whether the lock's holder still lives
+DAY = 86400
+
+
+def _field(name: str) -> str:
+    return name[len(VERDICT_CACHE_PREFIX) :]
+
+
+def _shard(name: str) -> int:
+    return zlib.crc32(name.encode()) % VERDICT_CACHE_SHARDS
 
 
 @dataclass(frozen=True)
@@ -184,13 +197,22 @@ class VerdictCache:
             if hit is not None:
                 return hit, True
             outcome = infer()
-            self._redis.set(name, encode_outcome(outcome), ex=self._ttl_s)
+            day = int(time.time() // DAY)
+            bucket = verdict_cache_bucket(day, _shard(name))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(bucket, _field(name), encode_outcome(outcome))
+            pipe.expireat(bucket, (day + 1) * DAY + self._ttl_s)
+            pipe.execute()
             return outcome, False
         finally:
             self._release(keys=[f"{name}:lock"], args=[token])
 
     def _get(self, name: str, sha256: str | None = None) -> CachedOutcome | None:
-        raw = self._redis.get(name)
+        today, shard, field = int(time.time() // DAY), _shard(name), _field(name)
+        pipe = self._redis.pipeline(transaction=False)
+        for day in range(today, today - self._ttl_s // DAY - 2, -1):
+            pipe.hget(verdict_cache_bucket(day, shard), field)
+        raw = next((found for found in pipe.execute() if found), None)
         if not raw:
             return None
         try:

@@ -5,8 +5,8 @@ the indices" one atomic step: whichever delivery of a job gets there first publi
 guard and publishes nothing. The guard is the job hash's own ``state`` (completed/failed): a finished job keeps
 only what status and dedupe need (``schemas.keys.JOB_FINISHED_FIELDS``, about 250 bytes in Redis with its key);
 its event lives in the stream (``stream_id``) and the sinks, not copied into the hash. A backfill job's record is
-its dedupe guard only and lives ``GUARDQ_BULK_RECORD_TTL_S`` (at least the visibility timeout); an interactive
-job's lives ``GUARDQ_JOB_TTL_S``.
+its dedupe guard only and lives ``GUARDQ_BULK_RECORD_TTL_S`` (10 minutes); an interactive job's lives
+``GUARDQ_JOB_TTL_S``.
 
 The same scripts move a job between the reconciler's indices (``worker/reconcile.py``): begun → out of its queue's
 open index (raising that queue's watermark) into the running one; handed back or retried → back into its queue's

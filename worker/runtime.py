@@ -111,7 +111,7 @@ class Runtime:
                 stream_maxlen=settings.stream_maxlen,
                 stream_max_age_s=settings.stream_max_age_s,
                 job_ttl_s=settings.job_ttl_s,
-                bulk_record_ttl_s=max(settings.bulk_record_ttl_s, settings.visibility_timeout_s),
+                bulk_record_ttl_s=settings.bulk_record_ttl_s,
             ),
             source=source,
             backend=backend,

@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print the table with targets and PASS/MISS, write bench-results/*.json.
 
-Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory]`` (default: all).
+Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory state]`` (default: all).
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from tests.benchmarks.harness import Figure, machine, table, write_results
 
 
 def main(argv: list[str]) -> int:
-    from tests.benchmarks import memory, p1_saturation, p2_image_path, p3_backfill, p3_bookkeeping, p4_cache
+    from tests.benchmarks import (
+        memory,
+        p1_saturation,
+        p2_image_path,
+        p3_backfill,
+        p3_bookkeeping,
+        p4_cache,
+        redis_state,
+    )
 
     benches = {
         "p1": p1_saturation.run,
@@ -22,6 +30,7 @@ def main(argv: list[str]) -> int:
         "backfill": p3_backfill.run,
         "p4": p4_cache.run,
         "memory": memory.run,
+        "state": redis_state.run,  # Redis bytes per job, the 100k-job memory curve, reconciler sweep cost
     }
     chosen = argv or list(benches)
     unknown = [b for b in chosen if b not in benches]
