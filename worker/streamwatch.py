@@ -25,6 +25,14 @@ from prometheus_client.registry import Collector
 from schemas.keys import VERDICT_STREAM
 
 log = structlog.get_logger("guardq.streamwatch")
+STATE_METRIC_NAMES = (
+    "guardq_redis_used_memory_bytes",
+    "guardq_redis_maxmemory_bytes",
+    "guardq_redis_keys",
+    "guardq_stream_length",
+    "guardq_stream_group_lag",
+    "guardq_stream_group_behind_trim",
+)
 
 
 def _ms(stream_id: bytes | str | None) -> int | None:

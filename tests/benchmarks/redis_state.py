@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -156,6 +157,8 @@ def curve(workdir: Path, mode: str, n: int | None = None, batch: int = 250) -> l
                         done = client.xlen(VERDICT_STREAM) - 20
                         samples.append({"t": round(now - started, 2), "done": done, "depth": depth, **_state(client)})
                         next_sample = now + 1.0
+                        if len(samples) % 30 == 0:
+                            print(f"[state] {mode}: {done:,}/{n:,} done", file=sys.stderr, flush=True)
                         if done >= n:
                             break
                     if sent < n and depth < MAX_PENDING:
