@@ -116,12 +116,17 @@ class JobQueue:
     def record_of(self, job_id: str) -> JobRecord | None:
         """The job this id already names (its record or its terminal guard), or None for an unused id."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(job_key(job_id), ["enqueued_at", "image"])
+        pipe.hmget(job_key(job_id), ["enqueued_at", "image", "stream_id", "state"])
         pipe.exists(terminal_guard_key(job_id))
-        (enqueued_at, image), guarded = pipe.execute()
-        if enqueued_at is None and image is None and not guarded:
+        (enqueued_at, image, stream_id, state), guarded = pipe.execute()
+        if state is None and not guarded:
             return None
-        age = time.time() - float(enqueued_at) if enqueued_at is not None else float("inf")
+        if enqueued_at is not None:
+            age = time.time() - float(enqueued_at)
+        elif stream_id is not None:  # a finished job's compact record: it was enqueued before it ended
+            age = time.time() - int(stream_id.split(b"-", 1)[0]) / 1000
+        else:
+            age = float("inf")
         return JobRecord(age_s=age, image=image.decode() if image is not None else None)
 
     def depth(self, queue: str) -> int:

@@ -121,7 +121,7 @@ def _earlier_use(svc: Services, request: Request, job: ModerationJob, earlier: J
     gets the same job. Past it, the key was reused: a clear 409 (use a new key), not the old job's verdict.
     """
     ttl = svc.settings.api_idempotency_ttl_s
-    if earlier.age_s < ttl and earlier.image == str(job.image):
+    if earlier.age_s < ttl and earlier.image in {None, str(job.image)}:
         return accepted(request, job)
     raise ApiError(
         409,

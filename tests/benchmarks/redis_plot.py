@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from tests.benchmarks.harness import RESULTS_DIR
 from tests.services.procs import ROOT

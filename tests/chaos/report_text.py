@@ -109,9 +109,13 @@ fsync settings measured:
 Even with `always`, kombu's Redis transport leaves one window: it takes a message with `BRPOP` and only then records
 it as unacknowledged, so a crash between the two loses a message nobody finished (seen: 1 job in ~240 with `always`
 in `make test`; a worker killed in that moment loses the message the same way). Producers keep each job's message in
-its job hash and its id in `guardq:jobs:open` until the terminal event; every `GUARDQ_RECONCILE_INTERVAL_S` one
-worker's reconciler (`worker/reconcile.py`) re-sends an open job that two sweeps an interval apart found neither
-finished nor in a queue list or `unacked` — the publish guard makes a second run harmless. The row "message lost in
+its job hash until the terminal event, and each unfinished job sits in one index: its queue's open index
+(`guardq:jobs:open:<queue>`, scored by when it joined the queue, Redis time) or the running one. Every
+`GUARDQ_RECONCILE_INTERVAL_S` one worker's reconciler (`worker/reconcile.py`) looks only at jobs that should have been
+taken by now — still open although a later job of the same queue already began (queues are FIFO), open in an empty
+queue for more than the margin, or running with no worker holding the message — and re-sends those that two sweeps
+an interval apart found neither finished nor reserved; the publish guard makes a second run harmless. Its cost does
+not grow with the backlog (0.5 ms a sweep with 10k, 100k or 1M open jobs: docs/scale.md). The row "message lost in
 the BRPOP window" plants exactly that loss and checks the job still ends in one event.
 
 With production defaults (the row so marked) the jobs in flight at the crash must not wait out the visibility

@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from producers.api.auth import ApiKeyStore
-from producers.api.idempotency import fingerprint
+from producers.api.idempotency import fingerprint, keyed_job_id
 from producers.events import wait_for
 from producers.rediskeys import idempotency_key
 from schemas.keys import job_key, queue_name
@@ -254,6 +254,22 @@ def test_a_key_reused_after_its_lifetime_gets_409_and_never_the_old_jobs_verdict
         headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
     )
     assert 202 == fresh.status_code and fresh.json()["job_id"] != job_id
+
+
+def test_a_key_reused_after_its_finished_job_outlived_it_gets_409(
+    api: ApiServer, tenant: tuple[str, str], parked: Any, redis_client: redis_lib.Redis
+) -> None:
+    """The issue's case: the first job completed 25 h ago; its compact record (and guard) lives a week."""
+    name, token = tenant
+    key = str(uuid.uuid4())
+    old_job = keyed_job_id(name, key)
+    finished_ms = int((time.time() - 25 * 3600) * 1000)
+    redis_client.hset(job_key(old_job), mapping={"state": "completed", "stream_id": f"{finished_ms}-0", "tenant": name})
+    redis_client.expire(job_key(old_job), 3600)
+    body = {"source": f"s3://{BUCKET}/new.jpg", "model": PARKED_MODEL}
+    reused = httpx.post(f"{api.url}/v1/moderations", json=body, headers={**bearer(token), "Idempotency-Key": key})
+    assert (409, "idempotency_key_expired") == (reused.status_code, reused.json()["error"]["code"])
+    assert [] == parked()
 
 
 def test_a_retry_after_a_crash_between_enqueue_and_answer_gets_the_same_job_sent_once(
