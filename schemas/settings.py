@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     event_source: str = "urn:guardq"
     stream_maxlen: int = Field(default=1_000_000, ge=1000)
     stream_max_age_s: int = Field(default=2 * 24 * 3600, ge=0)  # entries older than this are trimmed; 0 = length only
-    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)  # a finished interactive job's (compact) record
+    # A job's record: while open, and once finished its compact record (status, dedupe guard). A day, like an
+    # Idempotency-Key's lifetime; per-job memory is rate x this (docs/scale.md).
+    job_ttl_s: int = Field(default=24 * 3600, ge=60)
     # A finished backfill job's record is only its dedupe guard (results live in the results sink): kept this long.
     # A redelivery after the event comes within seconds (a failed ack or a worker dying after publishing comes back
     # through worker/reclaim.py), so ten minutes keep the per-job memory of a backfill at rate x 10 min, not x days.
