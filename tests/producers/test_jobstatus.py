@@ -9,17 +9,19 @@ import redis as redis_lib
 
 from producers.jobstatus import NO_RECORD, read_job
 from schemas.keys import RESULTS_TARGETS, VERDICT_STREAM, job_key
+from worker.eventbuild import failed_event
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_finished_job_reads_its_event_from_the_stream(redis_client: redis_lib.Redis) -> None:
     job_id = uuid.uuid4().hex
-    sid = redis_client.xadd(VERDICT_STREAM, {"event": '{"id": "e1", "type": "guardq.moderation.completed"}'})
-    redis_client.hset(job_key(job_id), mapping={"state": "completed", "stream_id": sid, "tenant": "t"})
+    event = failed_event(source="urn:test", job_id=job_id, error=ValueError("x"), attempts=1)
+    sid = redis_client.xadd(VERDICT_STREAM, {"event": event.to_json()})  # a well-formed event: the stream is shared
+    redis_client.hset(job_key(job_id), mapping={"state": "failed", "stream_id": sid, "tenant": "t"})
     view = read_job(redis_client, job_id)
     assert view is not None and view.finished and view.note is None
-    assert "e1" == (view.event or {}).get("id")
+    assert event.id == (view.event or {}).get("id")
 
 
 def test_a_backfill_job_whose_event_was_trimmed_points_at_its_results(redis_client: redis_lib.Redis) -> None:
