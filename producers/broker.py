@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 import redis
@@ -13,9 +14,17 @@ from redis.client import Pipeline
 
 from producers.taskmessage import redis_entry
 from schemas.job import ModerationJob
-from schemas.keys import OPEN_JOBS, job_key, queue_name
+from schemas.keys import OPEN_QUEUES, job_key, open_jobs_key, queue_name, terminal_guard_key
 from schemas.models import get_model
 from schemas.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What Redis still remembers of a job id: when it was enqueued and what image it was for."""
+
+    age_s: float
+    image: str | None
 
 
 class JobQueue:
@@ -61,7 +70,7 @@ class JobQueue:
         queue: str | None = None,
         also: Callable[[Pipeline[bytes]], object] | None = None,
     ) -> list[str]:
-        """Send jobs in one Redis transaction (MULTI/EXEC): each job's record, its entry in the open-jobs index and
+        """Send jobs in one Redis transaction (MULTI/EXEC): each job's record, its entry in its queue's open index and
         its Celery message, plus the caller's own writes: all of them land or none do.
 
         ``queue`` overrides each job's model queue (a backfill routed to dedicated ``guardq worker --queues``
@@ -70,6 +79,8 @@ class JobQueue:
         no job can be recorded but not sent (or sent but not recorded) if the producer dies in between.
         """
         now = time.time()
+        seconds, micros = self.redis.time()  # the reconciler's indices run on Redis' clock, not the producers'
+        joined = seconds + micros / 1e6
         pipe = self.redis.pipeline(transaction=True)
         if also is not None:
             also(pipe)
@@ -91,7 +102,8 @@ class JobQueue:
                 },
             )
             pipe.expire(key, self.settings.job_ttl_s)
-            pipe.zadd(OPEN_JOBS, {job.job_id: now})
+            pipe.zadd(open_jobs_key(target), {job.job_id: joined})
+            pipe.sadd(OPEN_QUEUES, target)
             # A short argsrepr instead of Celery's saferepr of the whole job: less CPU per message, and no second
             # copy of the job in every message's headers.
             entry = redis_entry(
@@ -100,6 +112,22 @@ class JobQueue:
             pipe.lpush(target, entry)
         pipe.execute()
         return [job.job_id for job in jobs]
+
+    def record_of(self, job_id: str) -> JobRecord | None:
+        """The job this id already names (its record or its terminal guard), or None for an unused id."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(job_key(job_id), ["enqueued_at", "image", "stream_id", "state"])
+        pipe.exists(terminal_guard_key(job_id))
+        (enqueued_at, image, stream_id, state), guarded = pipe.execute()
+        if state is None and not guarded:
+            return None
+        if enqueued_at is not None:
+            age = time.time() - float(enqueued_at)
+        elif stream_id is not None:  # a finished job's compact record: it was enqueued before it ended
+            age = time.time() - int(stream_id.split(b"-", 1)[0]) / 1000
+        else:
+            age = float("inf")
+        return JobRecord(age_s=age, image=image.decode() if image is not None else None)
 
     def depth(self, queue: str) -> int:
         """Messages waiting in a queue (Redis list length; reserved/unacked ones are not counted)."""

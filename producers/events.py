@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import redis
 
 from schemas.events import STREAM_FIELD, CloudEvent
-from schemas.keys import VERDICT_STREAM, job_key
+from schemas.keys import VERDICT_STREAM
 
 
 def last_id(client: redis.Redis[bytes], stream: str = VERDICT_STREAM) -> str:
@@ -42,9 +42,11 @@ def read_events(
 
 
 def finished_event(client: redis.Redis[bytes], job_id: str) -> CloudEvent | None:
-    """The terminal event of a job if it has one already."""
-    raw = client.hget(job_key(job_id), "event")
-    return CloudEvent.model_validate_json(raw) if raw else None
+    """The terminal event of a job if it has one already (and the stream still holds it)."""
+    from producers.jobstatus import read_job
+
+    view = read_job(client, job_id)
+    return CloudEvent.model_validate(view.event) if view is not None and view.event is not None else None
 
 
 def wait_for(

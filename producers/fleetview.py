@@ -110,6 +110,7 @@ def snapshot(client: redis.Redis[bytes], *, all_queues: bool = False) -> dict[st
             "nodes": len(live),
             "servers_up": sum(1 for n in live if n.server == "up"),
             "consuming": sum(1 for n in live if n.get("consuming") == "1"),
+            "unhealthy": sum(1 for n in live if n.get("fault")),
             "in_flight": int(sum(n.number("in_flight") for n in live)),
             "jobs_per_s": round(sum(n.number("jobs_per_s") for n in live), 3),
             "waiting": sum(depths.values()),

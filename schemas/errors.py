@@ -41,6 +41,9 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # Delivery (webhooks): a target URL the SSRF guard refuses, at registration or at send time
     FORBIDDEN_TARGET = "forbidden_target"
+    # The worker, not the job, is broken (credentials, clock, server URL or key, Redis refusing writes). Never the
+    # code of a failed event: such a job goes back to the queue and the worker pauses (worker/faults.py).
+    WORKER_MISCONFIGURED = "worker_misconfigured"
 
 
 class GuardqError(Exception):
@@ -82,6 +85,23 @@ class PermanentError(GuardqError):
     """Raised when retrying cannot help: bad input, forbidden source, unknown policy or model."""
 
     retryable = False
+
+
+class WorkerFault(GuardqError):
+    """Raised when this worker cannot do *any* job: bad S3 credentials, a skewed clock, an SGLang URL that is not
+    SGLang (404) or a wrong API key (401/403), a Redis that refuses writes (OOM, READONLY, MISCONF).
+
+    Neither branch above: retrying the job cannot help *here*, and failing it would blame the job. The job is
+    handed back to the queue untouched (no retry spent) for a healthy worker, and this worker stops consuming and
+    reports ``cause`` (a short stable word, e.g. ``s3_credentials``) until a later attempt succeeds.
+    """
+
+    retryable = True
+    code = ErrorCode.WORKER_MISCONFIGURED
+
+    def __init__(self, message: str, *, cause: str, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.cause = cause
 
 
 class ConfigError(PermanentError):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from schemas.job import Priority
 from schemas.models import ModelSpec
 
@@ -21,18 +24,60 @@ def model_queues(model: ModelSpec) -> list[str]:
     return [queue_name(model, Priority.INTERACTIVE), queue_name(model, Priority.BULK)]
 
 
-OPEN_JOBS = f"{KEY_PREFIX}:jobs:open"  # sorted set: job id -> enqueue time, removed when its terminal event is out
+# Where each unfinished job is, for the reconciler (worker/reconcile.py); times are Redis server time.
+OPEN_JOBS_PREFIX = f"{KEY_PREFIX}:jobs:open:"  # + queue: sorted set, job id -> when its message joined that queue
+RUNNING_JOBS = f"{KEY_PREFIX}:jobs:running"  # sorted set: job id -> when a worker began it
+QUEUE_WATERMARKS = f"{KEY_PREFIX}:jobs:watermarks"  # hash: queue -> latest open-index score of a job begun from it
+OPEN_QUEUES = f"{KEY_PREFIX}:jobs:queues"  # set: queues that have an open index
+OPEN_JOBS = f"{KEY_PREFIX}:jobs:open"  # legacy single index (before per-queue ones): drained by the reconciler
 RECONCILE_SUSPECTS = f"{KEY_PREFIX}:reconcile:suspects"  # hash: job id -> when a sweep first missed its message
 RECONCILE_LOCK = f"{KEY_PREFIX}:reconcile:lock"
+# Messages reserved by a worker that died come back from these within seconds, not after the visibility timeout
+# (worker/reclaim.py). Written by the worker's kombu reservation hook (worker/kombu_compat.py) and its lease.
+UNACKED_OWNERS = f"{KEY_PREFIX}:unacked:owners"  # hash: kombu delivery tag -> incarnation of the reserving worker
+RECLAIM_LOCK = f"{KEY_PREFIX}:reclaim:lock"  # one worker sweeps at a time
+RECLAIM_SUSPECTS = f"{KEY_PREFIX}:reclaim:suspects"  # hash: incarnation -> Redis time its lease was first missed
+
+
+def worker_lease_key(incarnation: str) -> str:
+    """String with a TTL, refreshed by one worker process (one *incarnation* of a node) while it lives."""
+    return f"{KEY_PREFIX}:fleet:lease:{incarnation}"
+
+
+def open_jobs_key(queue: str) -> str:
+    """Jobs whose message waits in ``queue`` (or was taken from it and not yet begun)."""
+    return f"{OPEN_JOBS_PREFIX}{queue}"
 
 
 def job_key(job_id: str) -> str:
-    """Hash holding a job's state (queued/running/completed/failed), attempts and terminal event."""
+    """Hash holding a job's state (queued/running/retrying/completed/failed).
+
+    While open: tenant, image, queue, message, attempts... Once finished it is compacted to what status and dedupe
+    need (``JOB_FINISHED_FIELDS``): the terminal event itself lives in the verdict stream (``stream_id``) and the
+    sinks. ``state`` completed/failed is also the publish guard: a job with it never gets a second event.
+    """
     return f"{KEY_PREFIX}:job:{job_id}"
 
 
+# What a finished job's hash keeps (the fields present; the rest only when they apply).
+JOB_FINISHED_FIELDS = (
+    "state",  # completed | failed
+    "stream_id",  # the terminal event's id in the verdict stream
+    "tenant",
+    "attempts",
+    "deliveries",  # only when more than the attempts (a redelivery)
+    "backfill_id",  # bulk jobs: where the results went
+    "worker",  # the node that ran the attempt that ended it
+    "queue",
+    "callback_url",  # the webhook dispatcher reads it
+    "duplicate_deliveries",
+    "reconciled",
+)
+
+
 def terminal_guard_key(job_id: str) -> str:
-    """Set once when a job's terminal event is published; guards against a second terminal event."""
+    """Legacy/fallback guard (a string): set only when a job's hash cannot hold the guard (e.g. ``WRONGTYPE``);
+    checked beside the hash's ``state``."""
     return f"{KEY_PREFIX}:job:{job_id}:terminal"
 
 
@@ -80,8 +125,23 @@ def callback_secret_key(tenant: str) -> str:
 
 
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
-    """A cached verdict for these image bytes under this policy text, model and request variant."""
-    return f"{KEY_PREFIX}:cache:{model_slug}:{policy_sha256}:{image_sha256}:{variant}"
+    """The name of the cached verdict for these image bytes under this policy text, model and request variant.
+
+    The four parts are hashed into 128 bits (22 url-safe base64 characters after ``guardq:vc:``). The verdict is
+    the field of that digest in a day bucket (:func:`verdict_cache_bucket`); ``<name>:lock`` is its in-flight lock.
+    """
+    digest = hashlib.sha256(f"{model_slug}\n{policy_sha256}\n{image_sha256}\n{variant}".encode()).digest()[:16]
+    return f"{VERDICT_CACHE_PREFIX}{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+
+
+VERDICT_CACHE_PREFIX = f"{KEY_PREFIX}:vc:"
+VERDICT_CACHE_SHARDS = 16
+
+
+def verdict_cache_bucket(day: int, shard: int) -> str:
+    """Hash of the verdicts cached on one UTC day (``unix time // 86400``), one of ``VERDICT_CACHE_SHARDS``: a
+    field per verdict instead of a key per verdict (no per-key overhead), expiring as a whole."""
+    return f"{KEY_PREFIX}:vcb:{day}:{shard:x}"
 
 
 FLEET_NODES = f"{KEY_PREFIX}:fleet:nodes"

@@ -90,10 +90,20 @@ class Settings(BaseSettings):
     max_total_pixels: int = Field(default=2_000_000_000, ge=10_000)  # canvas x decoded frames: decompression_bomb
     video_decode_max_frames: int = Field(default=900, ge=1)  # most frames decoded per video (longer: sampled)
 
+    # Decoded pixels held at once by one worker process (all threads); a decode that does not fit waits its turn.
+    decode_memory_mb: int = Field(default=1024, ge=16)
+
     # Events and bookkeeping
     event_source: str = "urn:guardq"
     stream_maxlen: int = Field(default=1_000_000, ge=1000)
-    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    stream_max_age_s: int = Field(default=2 * 24 * 3600, ge=0)  # entries older than this are trimmed; 0 = length only
+    # A job's record: while open, and once finished its compact record (status, dedupe guard). A day, like an
+    # Idempotency-Key's lifetime; per-job memory is rate x this (docs/scale.md).
+    job_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # A finished backfill job's record is only its dedupe guard (results live in the results sink): kept this long.
+    # A redelivery after the event comes within seconds (a failed ack or a worker dying after publishing comes back
+    # through worker/reclaim.py), so ten minutes keep the per-job memory of a backfill at rate x 10 min, not x days.
+    bulk_record_ttl_s: int = Field(default=600, ge=60)
 
     # Logging
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -118,6 +128,9 @@ class Settings(BaseSettings):
     results_batch_s: float = Field(default=30.0, gt=0)
     verdict_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)  # 0 turns the verdict cache off
     verdict_cache_wait_s: float = Field(default=60.0, ge=0)  # how long a duplicate waits for the first
+    # The verdict cache on its own Redis (maxmemory-policy allkeys-lru: entries can be evicted, never the queues);
+    # default: GUARDQ_REDIS_URL. Same URL rules as GUARDQ_REDIS_URL.
+    cache_redis_url: str | None = None
 
     # Local transformers backend (GUARDQ_BACKEND=transformers, pip install 'guardq[local]')
     local_model_path: str | None = None  # a local -hf checkpoint dir or hub id; default: the model's hf_checkpoint
@@ -154,7 +167,13 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=5.0, gt=0)  # fleet registry refresh (guardq fleet status)
     # How often one worker sweeps for jobs the broker lost and re-sends them (worker/reconcile.py); 0 turns it off.
     reconcile_interval_s: float = Field(default=15.0, ge=0)
-    reconcile_max_scan: int = Field(default=200_000, ge=1000)  # skip the sweep when the queues hold more entries
+    reconcile_batch: int = Field(default=1000, ge=10)  # most jobs one sweep examines per index (per queue)
+    # How often one worker hands the messages of dead workers (lease expired) back to their queues
+    # (worker/reclaim.py); 0 leaves them to the visibility timeout.
+    reclaim_interval_s: float = Field(default=2.0, ge=0)
+    # A configuration-class failure (worker/faults.py) pauses consumption this long, doubling up to the max.
+    fault_pause_s: float = Field(default=30.0, gt=0)
+    fault_pause_max_s: float = Field(default=600.0, gt=0)
 
     # Producers: S3 backfill (guardq backfill)
     backfill_max_pending: int = Field(default=5000, ge=1)  # default of --max-pending: bulk jobs waiting at most
@@ -176,9 +195,11 @@ class Settings(BaseSettings):
     api_read_timeout_s: float = Field(default=30.0, gt=0)  # longest pause while a request head or body arrives (408)
     api_body_timeout_s: float = Field(default=600.0, gt=0)  # longest time to receive a whole body (408)
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "cache_redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis://, rediss:// or unix:// URL")

@@ -1,27 +1,40 @@
 """Verdict cache: the same image bytes under the same policy text and model cost one inference, not many.
 
-A completed verdict (with the facts of the image it was given) is stored under (model, policy sha256, image
-sha256, request variant) for
-``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). A job that finds it publishes that verdict marked
+A completed verdict (with the facts of the image it was given) is stored under a 128-bit digest of (model, policy
+sha256, image sha256, request variant) as a compact JSON array (:func:`encode_outcome`: rating and category as
+codes, the rationale, the score and the image facts; about 40 bytes plus the rationale, where the full JSON took
+~680) for ``GUARDQ_VERDICT_CACHE_TTL_S`` (0 turns the cache off). Verdicts are fields of day buckets
+(``schemas.keys.verdict_cache_bucket``: one hash per UTC day and shard, expiring a TTL after its day ends), not keys
+of their own: a key costs ~150 bytes of key-space and expiry tables before its value. A lookup asks the buckets of
+the TTL's days in one round trip; an entry lives its TTL and at most a day more. ``GUARDQ_CACHE_REDIS_URL`` puts it on a Redis of
+its own (``maxmemory-policy allkeys-lru``: under memory pressure old verdicts go, never queued jobs). A job that finds it publishes that verdict marked
 ``data.cached = true`` without calling the model. Duplicates that arrive while the first is still being inferred
 do not all hit the GPU: the first takes a short Redis lock (``SET NX PX``), the others poll for its verdict for
-at most ``GUARDQ_VERDICT_CACHE_WAIT_S`` and then infer themselves (so a stuck owner delays, never blocks). The
-lock expires on its own if its owner dies, and is released (compare-and-delete) if inference fails.
+at most ``GUARDQ_VERDICT_CACHE_WAIT_S`` (kept well below the visibility timeout) and then infer themselves (so a
+stuck owner delays, never blocks). The lock is released (compare-and-delete) when inference fails.
+
+The lock names its holder: ``<job id> <incarnation> <token>``. A job finding the lock held by *its own* job id
+(a redelivery after its worker died, or a re-sent job) takes it over at once instead of waiting for itself; a
+waiter finding the holder's worker dead (its lease gone, ``worker.liveness``) takes it over too. Takeover is one
+compare-and-set, so two takers never both own it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 import redis
 import structlog
 from pydantic import BaseModel
 
 from schemas.events import ImageFacts
-from schemas.keys import verdict_cache_key
+from schemas.keys import VERDICT_CACHE_PREFIX, VERDICT_CACHE_SHARDS, verdict_cache_bucket, verdict_cache_key
+from schemas.taxonomy import CATEGORY_NAMES, category_code
 from schemas.verdict import Verdict
 
 log = structlog.get_logger("guardq.cache")
@@ -30,6 +43,39 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return false
+"""
+LIVENESS_CHECK_S = 1.0  # how often a waiter asks whether the lock's holder still lives
+DAY = 86400
+
+
+def _field(name: str) -> str:
+    return name[len(VERDICT_CACHE_PREFIX) :]
+
+
+def _shard(name: str) -> int:
+    return zlib.crc32(name.encode()) % VERDICT_CACHE_SHARDS
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a cache lock: the job, the worker incarnation running it, and a token unique to the attempt."""
+
+    job_id: str
+    incarnation: str
+    token: str
+
+    def value(self) -> str:
+        return f"{self.job_id} {self.incarnation} {self.token}"
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> LockHolder:
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        job_id, _, rest = text.partition(" ")
+        incarnation, _, token = rest.rpartition(" ")
+        return cls(job_id, incarnation, token)
 
 
 class CachedOutcome(BaseModel):
@@ -37,6 +83,38 @@ class CachedOutcome(BaseModel):
 
     verdict: Verdict
     image: ImageFacts
+
+
+_CATEGORY_BY_CODE = {category_code(name): name for name in CATEGORY_NAMES}
+
+
+_SCORE_METHODS: dict[str | None, str | None] = {"logprobs": "l", "detempered": "d", "logits": "g", None: None}
+_SCORE_METHOD_OF = {code: name for name, code in _SCORE_METHODS.items()}
+
+
+def encode_outcome(outcome: CachedOutcome) -> bytes:
+    """``[rating, category code, P(Unsafe), width, height, bytes, format, rationale, score method, truncated]`` as
+    JSON (the image's sha256 is part of the key); the last two are one letter / 0-1, and absent in older entries."""
+    v, image = outcome.verdict, outcome.image
+    row = [v.rating[0], v.category_code, v.unsafe_score, image.width, image.height, image.bytes, image.format]
+    return orjson.dumps([*row, v.rationale, _SCORE_METHODS[v.score_method], int(bool(v.rationale_truncated))])
+
+
+def decode_outcome(raw: bytes, sha256: str | None = None) -> CachedOutcome:
+    row = orjson.loads(raw)
+    rating, code, score, width, height, size, fmt, rationale = row[:8]
+    method, truncated = (row[8], row[9]) if len(row) >= 10 else (None, 0)
+    return CachedOutcome(
+        verdict=Verdict(
+            rating="Safe" if rating == "S" else "Unsafe",
+            category=_CATEGORY_BY_CODE[code],
+            rationale=rationale,
+            unsafe_score=score,
+            score_method=_SCORE_METHOD_OF.get(method) if score is not None else None,
+            rationale_truncated=True if truncated else None,
+        ),
+        image=ImageFacts(uri="", sha256=sha256, width=width, height=height, bytes=size, format=fmt),
+    )
 
 
 @dataclass(frozen=True)
@@ -64,51 +142,94 @@ class CacheKey:
 class VerdictCache:
     """One per worker process, shared by its threads."""
 
-    def __init__(self, client: redis.Redis[bytes], *, ttl_s: int, wait_s: float, lock_s: float) -> None:
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        *,
+        ttl_s: int,
+        wait_s: float,
+        lock_s: float,
+        incarnation: Callable[[], str] = lambda: "",
+        alive: Callable[[str], bool] = lambda incarnation: True,
+    ) -> None:
         self._redis = client
         self._ttl_s = ttl_s
         self._wait_s = wait_s
         self._lock_ms = max(1000, int(lock_s * 1000))
+        self._incarnation = incarnation
+        self._alive = alive
         self._release = client.register_script(_RELEASE)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @property
     def enabled(self) -> bool:
         return self._ttl_s > 0
 
-    def verdict(self, key: CacheKey, infer: Callable[[], CachedOutcome]) -> tuple[CachedOutcome, bool]:
+    def verdict(
+        self, key: CacheKey, infer: Callable[[], CachedOutcome], *, job_id: str = ""
+    ) -> tuple[CachedOutcome, bool]:
         """The outcome for ``key`` and whether it came from the cache; calls ``infer`` only when it must.
 
-        ``infer`` is the whole expensive path (decode, downscale, model call): a hit skips all of it.
+        ``infer`` is the whole expensive path (decode, downscale, model call): a hit skips all of it. ``job_id``
+        names the lock's holder, so a redelivery of the same job takes over the lock its dead attempt left.
         """
         if not self.enabled:
             return infer(), False
         name = key.redis_key()
+        lock = f"{name}:lock"
+        me = LockHolder(job_id, self._incarnation(), uuid.uuid4().hex).value()
         deadline = time.monotonic() + self._wait_s
+        next_liveness_check = time.monotonic() + LIVENESS_CHECK_S
         pause = 0.02
         while True:
-            hit = self._get(name)
+            hit = self._get(name, key.image_sha256)
             if hit is not None:
                 return hit, True
-            token = uuid.uuid4().hex
-            if self._redis.set(f"{name}:lock", token, nx=True, px=self._lock_ms):
-                return self._infer_as_owner(name, token, infer)
+            if self._redis.set(lock, me, nx=True, px=self._lock_ms):
+                return self._infer_as_owner(name, me, infer, key.image_sha256)
+            held = self._redis.get(lock)
+            if held is not None:
+                holder = LockHolder.parse(held)
+                stale = bool(job_id) and holder.job_id == job_id
+                if not stale and time.monotonic() >= next_liveness_check:
+                    next_liveness_check = time.monotonic() + LIVENESS_CHECK_S
+                    stale = bool(holder.incarnation) and not self._alive(holder.incarnation)
+                if stale and self._take_over(keys=[lock], args=[held, me, self._lock_ms]):
+                    log.info("cache_lock_taken_over", key=name, holder_job=holder.job_id, holder=holder.incarnation)
+                    return self._infer_as_owner(name, me, infer, key.image_sha256)
             if time.monotonic() >= deadline:
                 log.warning("cache_wait_expired", key=name, waited_s=self._wait_s)
                 return infer(), False
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # the owner is inferring; poll, bounded
             pause = min(pause * 1.5, 0.25)
 
-    def _infer_as_owner(self, name: str, token: str, infer: Callable[[], CachedOutcome]) -> tuple[CachedOutcome, bool]:
+    def _infer_as_owner(
+        self, name: str, token: str, infer: Callable[[], CachedOutcome], sha256: str
+    ) -> tuple[CachedOutcome, bool]:
         try:
-            hit = self._get(name)  # the previous owner may have finished between our GET and our SET NX
+            hit = self._get(name, sha256)  # the previous owner may have finished between our GET and our SET NX
             if hit is not None:
                 return hit, True
             outcome = infer()
-            self._redis.set(name, outcome.model_dump_json(), ex=self._ttl_s)
+            day = int(time.time() // DAY)
+            bucket = verdict_cache_bucket(day, _shard(name))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(bucket, _field(name), encode_outcome(outcome))
+            pipe.expireat(bucket, (day + 1) * DAY + self._ttl_s)
+            pipe.execute()
             return outcome, False
         finally:
             self._release(keys=[f"{name}:lock"], args=[token])
 
-    def _get(self, name: str) -> CachedOutcome | None:
-        raw = self._redis.get(name)
-        return CachedOutcome.model_validate_json(raw) if raw else None
+    def _get(self, name: str, sha256: str | None = None) -> CachedOutcome | None:
+        today, shard, field = int(time.time() // DAY), _shard(name), _field(name)
+        pipe = self._redis.pipeline(transaction=False)
+        for day in range(today, today - self._ttl_s // DAY - 2, -1):
+            pipe.hget(verdict_cache_bucket(day, shard), field)
+        raw = next((found for found in pipe.execute() if found), None)
+        if not raw:
+            return None
+        try:
+            return decode_outcome(raw, sha256)
+        except (ValueError, KeyError, TypeError):  # an entry of an older layout: infer again, overwrite it
+            return None

@@ -11,11 +11,13 @@ import base64
 import hashlib
 import io
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from schemas.errors import ErrorCode, PermanentError
+from worker.decodebudget import DecodeBudget, decode_cost
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 PASSTHROUGH_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -131,9 +133,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def prepare_image(
-    data: bytes, *, max_side: int, max_pixels: int, jpeg_quality: int = 90, sha256: str | None = None
+    data: bytes,
+    *,
+    max_side: int,
+    max_pixels: int,
+    jpeg_quality: int = 90,
+    sha256: str | None = None,
+    budget: DecodeBudget | None = None,
 ) -> PreparedImage:
-    """Validate ``data`` and return it shrunk so its longer side is at most ``max_side`` pixels."""
+    """Validate ``data`` and return it shrunk so its longer side is at most ``max_side`` pixels.
+
+    The pixels are decoded only once ``budget`` (the worker's decode memory budget) has room for them.
+    """
     image = _open(data, max_pixels)
     source_format = image.format or "unknown"
     width, height = image.size
@@ -142,6 +153,21 @@ def prepare_image(
         # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below the requested box.
         scale = max_side / max(width, height)
         image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+    with budget.reserve(decode_cost(*image.size)) if budget is not None else nullcontext():
+        return _decode_and_shrink(data, image, source_format, (width, height), max_side, jpeg_quality, sha256)
+
+
+def _decode_and_shrink(
+    data: bytes,
+    image: Image.Image,
+    source_format: str,
+    size: tuple[int, int],
+    max_side: int,
+    jpeg_quality: int,
+    sha256: str | None,
+) -> PreparedImage:
+    width, height = size
+    needs_resize = max(width, height) > max_side
     _load(image)  # before getexif(): PNG reads EXIF chunks that follow the pixel data
     orientation = image.getexif().get(_ORIENTATION_TAG, 1) if source_format in {"JPEG", "PNG", "WEBP"} else 1
     orientation = orientation if orientation in _UPRIGHT else 1

@@ -1,5 +1,5 @@
-"""Three adjustments to kombu's Redis transport: two guards that keep one bad moment from killing a worker, and
-client reuse on the hot path.
+"""Four adjustments to kombu's Redis transport: two guards that keep one bad moment from killing a worker, client
+reuse on the hot path, and a record of which worker reserved each message.
 
 1. A reconnect race on Redis restart. On a broker connection loss Celery first detaches the transport
    (``Connection.collect``) and then closes the connection; closing the channel tries to restore unacknowledged
@@ -17,18 +17,32 @@ client reuse on the hot path.
 
 3. Client reuse. kombu builds a fresh ``redis.Redis`` for every acknowledgement and reservation (see
    ``_create_client`` below); reusing one per channel and pool cut a tenth of a worker's CPU per job.
+
+4. Reservation owners. kombu records a reserved message in its ``unacked`` hash without saying who holds it, so a
+   dead worker's messages wait out the whole visibility timeout (an hour by default). Before kombu records a
+   reservation, the worker's *incarnation* (``worker.liveness``) is written beside its delivery tag in
+   ``guardq:unacked:owners``; every path that removes the tag from kombu's indices (ack, reject, restore) removes
+   it there too, in the same pipeline. ``worker.reclaim`` hands back the messages of incarnations whose lease
+   expired.
+
+These patch private kombu internals, so kombu is bounded in pyproject.toml and :func:`check_internals` (run by
+:func:`install`) refuses to start a worker on a kombu whose internals no longer have the shape patched here.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import uuid
 from typing import Any
 
+import kombu
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
+
+from schemas.keys import UNACKED_OWNERS
 
 QUARANTINE_CONTENT_TYPE = "application/x-guardq-malformed"
 QUARANTINE_HEADER = "guardq-malformed"
@@ -143,8 +157,73 @@ def _create_client(self: Any, asynchronous: bool = False) -> Any:
     return client
 
 
+_original_append: Any = kombu_redis.QoS.append
+_original_remove_from_indices: Any = kombu_redis.QoS._remove_from_indices
+_owner: str | None = None
+
+
+def record_reservations_as(incarnation: str | None) -> None:
+    """Name this process's reservations after ``incarnation`` from now on (None: record nothing)."""
+    global _owner  # noqa: PLW0603 - one reserving identity per process
+    _owner = incarnation
+
+
+def _append(self: Any, message: Any, delivery_tag: Any) -> Any:
+    """Record the owner *before* kombu records the reservation: a kill between the two leaves an owner entry
+    without a message (dropped by the next reclaim), never a reserved message without an owner."""
+    owner = _owner
+    if owner is not None:
+        with self.channel.conn_or_acquire() as client:
+            client.hset(UNACKED_OWNERS, delivery_tag, owner)
+    return _original_append(self, message, delivery_tag)
+
+
+def _remove_from_indices(self: Any, delivery_tag: Any, pipe: Any = None) -> Any:
+    return _original_remove_from_indices(self, delivery_tag, pipe).hdel(UNACKED_OWNERS, delivery_tag)
+
+
+SUPPORTED_KOMBU = ((5, 7), (5, 8))  # [lowest, first unsupported) major.minor; pyproject.toml says the same
+_PATCHED_SIGNATURES: dict[str, tuple[Any, list[str]]] = {
+    "Channel._connparams": (_original_connparams, ["self", "asynchronous"]),
+    "Channel._create_client": (_original_create_client, ["self", "asynchronous"]),
+    "Transport._deliver": (_original_deliver, ["self", "message", "queue"]),
+    "QoS.append": (_original_append, ["self", "message", "delivery_tag"]),
+    "QoS._remove_from_indices": (_original_remove_from_indices, ["self", "delivery_tag", "pipe"]),
+    "QoS.restore_by_tag": (kombu_redis.QoS.restore_by_tag, ["self", "tag", "client", "leftmost"]),
+    "loads": (_original_loads, ["s"]),
+}
+
+
+def check_internals() -> None:
+    """Refuse to run on a kombu whose patched internals changed shape (raise RuntimeError saying what changed)."""
+    version = tuple(int(part) for part in kombu.__version__.split(".")[:2])
+    problems = []
+    if not SUPPORTED_KOMBU[0] <= version < SUPPORTED_KOMBU[1]:
+        problems.append(f"version {kombu.__version__} is outside {SUPPORTED_KOMBU[0]}..{SUPPORTED_KOMBU[1]}")
+    for name, (function, expected) in _PATCHED_SIGNATURES.items():
+        try:
+            params = list(inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            params = []
+        if params[: len(expected)] != expected:
+            problems.append(f"{name}{tuple(params)} no longer takes {tuple(expected)}")
+    for name in ("unacked_key", "unacked_index_key", "pool", "async_pool", "conn_or_acquire", "_do_restore_message"):
+        if not hasattr(kombu_redis.Channel, name):
+            problems.append(f"Channel.{name} is gone")
+    if problems:
+        raise RuntimeError(
+            "worker/kombu_compat.py patches kombu's Redis transport and does not fit this kombu: " + "; ".join(problems)
+        )
+
+
 def install() -> None:
-    """Idempotently install the three adjustments (called when a worker's Celery app is configured)."""
+    """Idempotently install the four adjustments (called when a worker's Celery app is configured), after checking
+    that kombu's internals are still the ones they patch."""
+    check_internals()
+    if kombu_redis.QoS.append is not _append:
+        kombu_redis.QoS.append = _append  # type: ignore[method-assign]
+    if kombu_redis.QoS._remove_from_indices is not _remove_from_indices:
+        kombu_redis.QoS._remove_from_indices = _remove_from_indices  # type: ignore[method-assign]
     if kombu_redis.Channel._connparams is not _connparams:
         kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
     if kombu_redis.Channel._create_client is not _create_client:

@@ -1,7 +1,10 @@
-"""What a worker process runs beside Celery's consumer: metrics endpoint, server watch, heartbeat, reconciler.
+"""What a worker process runs beside Celery's consumer: lease, metrics endpoint, server watch, heartbeat,
+reconciler, reclaimer.
 
-Started on ``worker_ready`` (the consumer is up and knows its node name and queues), told to wind down on
-``worker_shutting_down`` (no Redis I/O in a signal handler: it only flips flags), stopped on ``worker_shutdown``.
+The lease and the reservation owner (``worker.liveness``, ``worker.kombu_compat``) start on ``celeryd_init``,
+before the consumer reserves anything; the rest on ``worker_ready`` (the consumer is up and knows its node name and
+queues). Told to wind down on ``worker_shutting_down`` (no Redis I/O in a signal handler: it only flips flags),
+stopped on ``worker_shutdown``.
 """
 
 from __future__ import annotations
@@ -13,16 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import celeryd_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.worker import state as celery_state
 from prometheus_client import REGISTRY
 
 from schemas.keys import TASK_MODERATE
-from worker import metrics
+from worker import kombu_compat, metrics
+from worker.faults import FaultState, configure_faults
 from worker.heartbeat import Heartbeat
 from worker.inflight_step import inflight_limit
-from worker.reconcile import ReconcileLoop, Reconciler
+from worker.liveness import Lease, new_incarnation, set_current_incarnation
+from worker.reclaim import OwnReservations, Reclaimer, ReclaimLoop
+from worker.reconcile import UNACKED, ReconcileLoop, Reconciler, reserved_ids
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
+from worker.streamwatch import RedisStateCollector, warn_lagging
 
 log = structlog.get_logger("guardq.lifecycle")
 
@@ -36,10 +44,12 @@ class Services:
     watch: ServerWatch | None = None
     heartbeat: Heartbeat | None = None
     reconcile: ReconcileLoop | None = None
+    reclaim: ReclaimLoop | None = None
     draining: bool = False
 
 
 _services: Services | None = None
+_lease: Lease | None = None
 
 
 def server_is_down(wait_s: float = 0.0) -> bool:
@@ -64,7 +74,12 @@ def _snapshot() -> dict[str, object]:
     up = watch.up if watch is not None else True
     consuming = watch.consuming if watch is not None else True
     state = "draining" if services.draining else ("running" if consuming else "paused")
+    fault = configure_faults(pause_s=rt.settings.fault_pause_s, pause_max_s=rt.settings.fault_pause_max_s).state
     return {
+        "incarnation": _lease.incarnation if _lease is not None else "",
+        "worker_health": "unhealthy" if fault is not None else "ok",
+        "fault": fault.cause if fault is not None else "",
+        "fault_message": fault.message[:300] if fault is not None else "",
         "role": "worker",
         "state": state,
         "node": services.node,
@@ -82,6 +97,63 @@ def _snapshot() -> dict[str, object]:
     }
 
 
+@celeryd_init.connect  # type: ignore[untyped-decorator]
+def _identify(sender: Any = None, **_: object) -> None:
+    """Before the consumer starts: this run's incarnation, its lease, and reservations recorded under its name."""
+    global _lease  # noqa: PLW0603 - one lease per worker process
+    rt = get_runtime()
+    incarnation = new_incarnation(str(sender))
+    set_current_incarnation(incarnation)
+    _lease = Lease(rt.redis, incarnation, interval_s=rt.settings.heartbeat_interval_s).start()
+    kombu_compat.record_reservations_as(incarnation)
+    log.info("worker_incarnation", incarnation=incarnation)
+
+
+def _on_fault(m: metrics.WorkerMetrics) -> Any:
+    def changed(state: FaultState | None) -> None:
+        m.set_fault(state.cause if state is not None else None)
+        services = _services
+        if services is not None:
+            if services.watch is not None:
+                services.watch.poke()
+            if services.heartbeat is not None:
+                services.heartbeat.beat()
+
+    return changed
+
+
+def _start_reclaim(app: Any, settings: Any, m: metrics.WorkerMetrics) -> ReclaimLoop | None:
+    if settings.reclaim_interval_s <= 0 or _lease is None:
+        return None
+
+    def restore(tags: Any) -> None:
+        rt = get_runtime()
+        job_ids = reserved_ids(v for v in rt.redis.hmget(UNACKED, list(tags)) if v is not None)
+        with app.connection_for_write() as connection:
+            qos = connection.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag)
+        for job_id in job_ids:  # back in their queue: the reconciler's index says so too
+            rt.publisher.requeued(job_id)
+        m.reclaimed.inc(len(tags))
+
+    client = get_runtime().redis
+    reclaimer = Reclaimer(client, restore, incarnation=_lease.incarnation, grace_s=2 * settings.heartbeat_interval_s)
+    own = OwnReservations(client, restore, incarnation=_lease.incarnation, held=held_delivery_tags)
+    return ReclaimLoop(reclaimer, interval_s=settings.reclaim_interval_s, own=own).start()
+
+
+def held_delivery_tags() -> set[str]:
+    """Delivery tags of the task requests this process holds: reserved, scheduled (ETA) or running."""
+    for _ in range(5):
+        try:
+            requests = list(celery_state.requests.values()) + list(celery_state.active_requests)
+        except RuntimeError:  # the consumer thread changed a set while we copied it; copy again
+            continue
+        return {str(r.message.delivery_tag) for r in requests if getattr(r, "message", None) is not None}
+    raise RuntimeError("could not copy the worker's request sets")
+
+
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _start(sender: Any, **_: object) -> None:
     global _services  # noqa: PLW0603 - one set of services per worker process
@@ -93,7 +165,11 @@ def _start(sender: Any, **_: object) -> None:
     sglang_url = settings.sglang_url if settings.backend == "sglang" else settings.backend
     m.describe_worker(node, sglang_url)
     m.set_server(up=True, consuming=True)
+    m.set_fault(None)
+    faults = configure_faults(pause_s=settings.fault_pause_s, pause_max_s=settings.fault_pause_max_s)
+    faults.listen(_on_fault(m))
     REGISTRY.register(metrics.QueueDepthCollector(rt.redis, queues))
+    REGISTRY.register(RedisStateCollector(rt.redis))
     served = metrics.serve(settings.metrics_port, settings.metrics_host)
     advertised = socket.gethostname() if settings.metrics_host in {"0.0.0.0", "::"} else settings.metrics_host  # noqa: S104
     services = Services(
@@ -102,13 +178,14 @@ def _start(sender: Any, **_: object) -> None:
         started_at=time.time(),
         metrics_url=f"http://{advertised}:{settings.metrics_port}/metrics" if served is not None else "",
     )
-    if settings.backend == "sglang":
-        services.watch = ServerWatch(
-            rt.backend.ready,
-            RemoteConsumerSwitch(sender.app, node, queues),
-            interval_s=settings.server_watch_interval_s,
-            on_change=lambda up, consuming: m.set_server(up=up, consuming=consuming),
-        )
+    # The switch pauses consumption while the server is down (SGLang backend) or a worker fault holds (any backend).
+    services.watch = ServerWatch(
+        rt.backend.ready if settings.backend == "sglang" else lambda: True,
+        RemoteConsumerSwitch(sender.app, node, queues),
+        interval_s=settings.server_watch_interval_s,
+        on_change=lambda up, consuming: m.set_server(up=up, consuming=consuming),
+        hold=faults.holding,
+    )
     _services = services
     if services.watch is not None:
         services.watch.start()
@@ -124,9 +201,11 @@ def _start(sender: Any, **_: object) -> None:
             resend,
             node=node,
             grace_s=settings.reconcile_interval_s,
-            max_scan=settings.reconcile_max_scan,
+            batch=settings.reconcile_batch,
+            also=lambda: warn_lagging(rt.redis, max_age_s=settings.stream_max_age_s),
         )
         services.reconcile = ReconcileLoop(reconciler, interval_s=settings.reconcile_interval_s).start()
+    services.reclaim = _start_reclaim(sender.app, settings, m)
     log.info("worker_services_started", node=node, queues=queues, metrics=services.metrics_url or None)
 
 
@@ -150,4 +229,8 @@ def _stop(**_: object) -> None:
             services.heartbeat.stop()
         if services.reconcile is not None:
             services.reconcile.stop()
+        if services.reclaim is not None:
+            services.reclaim.stop()
+    if _lease is not None:
+        _lease.stop()
     close_runtime()

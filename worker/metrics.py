@@ -117,6 +117,7 @@ class WorkerMetrics:
         self.gpu = gpu
         self.stats = JobStats()
         self._extra: dict[str, Counter] = {}
+        self._faults: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.jobs = Counter(
             "guardq_jobs", "Finished jobs by outcome and error code", ["model", "outcome", "code"], registry=registry
@@ -148,6 +149,20 @@ class WorkerMetrics:
         )
         self.consuming = Gauge(
             "guardq_consuming", "1 while the worker takes jobs from its queues", ["gpu"], registry=registry
+        )
+        self.healthy = Gauge(
+            "guardq_worker_healthy",
+            "0 while a configuration-class fault keeps the worker from taking jobs (worker/faults.py)",
+            ["gpu"],
+            registry=registry,
+        )
+        self.fault = Gauge(
+            "guardq_worker_fault", "1 for the cause of the worker's current fault", ["gpu", "cause"], registry=registry
+        )
+        self.reclaimed = Counter(
+            "guardq_reclaimed_messages",
+            "Reserved messages of dead workers handed back to their queues by this worker (worker/reclaim.py)",
+            registry=registry,
         )
         self.info = Gauge(
             "guardq_worker_info",
@@ -218,6 +233,16 @@ class WorkerMetrics:
     def set_server(self, *, up: bool, consuming: bool) -> None:
         self.sglang_up.labels(self.gpu).set(1 if up else 0)
         self.consuming.labels(self.gpu).set(1 if consuming else 0)
+
+    def set_fault(self, cause: str | None) -> None:
+        """The worker's configuration-class fault (None: healthy)."""
+        self.healthy.labels(self.gpu).set(0 if cause else 1)
+        with self._lock:
+            for labels in list(self._faults):
+                self.fault.labels(*labels).set(0)
+            if cause:
+                self._faults.add((self.gpu, cause))
+                self.fault.labels(self.gpu, cause).set(1)
 
     def describe_worker(self, node: str, sglang_url: str) -> None:
         self.info.labels(node, self.model, self.gpu, sglang_url).set(1)

@@ -25,6 +25,7 @@ from schemas.policy import Policy, PolicyInfo
 from schemas.settings import Settings
 from schemas.verdict import Verdict
 from worker.cache import CachedOutcome, CacheKey, VerdictCache
+from worker.decodebudget import DecodeBudget
 from worker.eventbuild import completed_event, image_facts
 from worker.image import prepare_image
 from worker.inference.base import InferenceBackend, InferenceRequest
@@ -74,8 +75,10 @@ class Moderator:
         backend: InferenceBackend,
         policies: PolicyResolver,
         cache: VerdictCache,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self._settings = settings
+        self._decode_budget = decode_budget
         self._model = model
         self._source = source
         self._backend = backend
@@ -146,6 +149,7 @@ class Moderator:
                 max_pixels=self._settings.max_image_pixels,
                 jpeg_quality=self._settings.jpeg_quality,
                 sha256=sha256,
+                budget=self._decode_budget,
             )
             progress.image = image_facts(uri, prepared)
             progress.timings.prepare_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -162,7 +166,7 @@ class Moderator:
                 return CachedOutcome(verdict=self._backend.infer(request).verdict, image=progress.image)
 
         # A hit (same bytes, policy text, model) skips decoding and the model call alike.
-        outcome, cached = self._cache.verdict(key, decode_and_infer)
+        outcome, cached = self._cache.verdict(key, decode_and_infer, job_id=job.job_id)
         if cached:
             progress.image = outcome.image.model_copy(update={"uri": uri})
         verdict = outcome.verdict

@@ -1,8 +1,16 @@
 """Publish a job's one terminal event to the Redis Stream, guarded so a redelivered job never adds a second.
 
-A Lua script makes "check the guard, XADD, set the guard, record the job state, leave the open-jobs index" one
-atomic step: whichever delivery of a job gets there first publishes, every later one sees the guard and publishes
-nothing.
+A Lua script makes "check the guard, XADD (trimming the stream by length and age), compact the job record, leave
+the indices" one atomic step: whichever delivery of a job gets there first publishes, every later one sees the
+guard and publishes nothing. The guard is the job hash's own ``state`` (completed/failed): a finished job keeps
+only what status and dedupe need (``schemas.keys.JOB_FINISHED_FIELDS``, about 250 bytes in Redis with its key);
+its event lives in the stream (``stream_id``) and the sinks, not copied into the hash. A backfill job's record is
+its dedupe guard only and lives ``GUARDQ_BULK_RECORD_TTL_S`` (10 minutes); an interactive job's lives
+``GUARDQ_JOB_TTL_S``.
+
+The same scripts move a job between the reconciler's indices (``worker/reconcile.py``): begun → out of its queue's
+open index (raising that queue's watermark) into the running one; handed back or retried → back into its queue's
+open index; finished → out of both. Index times are Redis server time.
 """
 
 from __future__ import annotations
@@ -13,56 +21,154 @@ from typing import Any
 import redis
 
 from schemas.events import STREAM_FIELD, CloudEvent
-from schemas.keys import OPEN_JOBS, VERDICT_STREAM, job_key, terminal_guard_key
+from schemas.keys import (
+    OPEN_JOBS,
+    OPEN_JOBS_PREFIX,
+    QUEUE_WATERMARKS,
+    RUNNING_JOBS,
+    VERDICT_STREAM,
+    job_key,
+    terminal_guard_key,
+)
 
-_PUBLISH = """
-redis.call('ZREM', KEYS[4], ARGV[8])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[3], 'duplicate_deliveries', 1)
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+_FINISHED = """
+local function finished(job, guard)
+  local st = redis.call('HGET', job, 'state')
+  return st == 'completed' or st == 'failed' or redis.call('EXISTS', guard) == 1
+end
+"""
+
+# KEYS: guard, stream, job, legacy open index, running index
+# ARGV: event, maxlen, interactive ttl, state, stream field, callback url, job id, open prefix, bulk ttl, min id
+_PUBLISH = (
+    _FINISHED
+    + """
+local queue = redis.call('HGET', KEYS[3], 'queue')
+redis.call('ZREM', KEYS[4], ARGV[7])
+redis.call('ZREM', KEYS[5], ARGV[7])
+if queue then redis.call('ZREM', ARGV[8] .. queue, ARGV[7]) end
+if finished(KEYS[3], KEYS[1]) then
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'duplicate_deliveries', 1) end
   return false
 end
 local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
+if ARGV[10] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[10]) end
+local names = {'tenant', 'attempts', 'deliveries', 'backfill_id', 'worker', 'queue', 'duplicate_deliveries',
+  'reconciled'}
+local kept = redis.call('HMGET', KEYS[3], unpack(names))
+redis.call('DEL', KEYS[3])
+local record = {'state', ARGV[4], 'stream_id', sid}
+for i, name in ipairs(names) do
+  local value = kept[i]
+  if value and not (name == 'deliveries' and value == kept[2]) then
+    record[#record + 1] = name
+    record[#record + 1] = value
+  end
+end
+if ARGV[6] ~= '' then
+  record[#record + 1] = 'callback_url'
+  record[#record + 1] = ARGV[6]
+end
+redis.call('HSET', KEYS[3], unpack(record))
+redis.call('EXPIRE', KEYS[3], kept[4] and ARGV[9] or ARGV[3])
+return sid
+"""
+)
+
+# For a job whose hash Redis refuses to update (WRONGTYPE): the guard is a string key of its own.
+# KEYS: guard, stream, legacy open index, running index; ARGV: event, maxlen, ttl, stream field, job id
+_PUBLISH_BARE = """
+redis.call('ZREM', KEYS[3], ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[5])
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[4], ARGV[1])
 redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
-redis.call('HSET', KEYS[3], 'state', ARGV[4], 'event', ARGV[1], 'stream_id', sid, 'updated_at', ARGV[6])
-redis.call('HDEL', KEYS[3], 'message')  -- kept only while the job is open (worker/reconcile.py)
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'callback_url', ARGV[7]) end
-redis.call('EXPIRE', KEYS[3], ARGV[3])
 return sid
 """
 
-_BEGIN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'duplicate_deliveries', 1)
+# KEYS: guard, job, running index, watermarks; ARGV: attempt, worker, ttl, job id, open prefix
+_BEGIN = (
+    _NOW
+    + _FINISHED
+    + """
+if finished(KEYS[2], KEYS[1]) then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'duplicate_deliveries', 1) end
   return 0
 end
-redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', ARGV[2], 'worker', ARGV[3])
+local queue = redis.call('HGET', KEYS[2], 'queue')
+if queue then
+  local open = ARGV[5] .. queue
+  local score = redis.call('ZSCORE', open, ARGV[4])
+  if score then
+    redis.call('ZREM', open, ARGV[4])
+    local mark = redis.call('HGET', KEYS[4], queue)
+    if (not mark) or tonumber(score) > tonumber(mark) then redis.call('HSET', KEYS[4], queue, score) end
+  end
+end
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', now, 'worker', ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
+)
+
+# KEYS: guard, job, running index; ARGV: state, job id, open prefix
+_BACK_TO_QUEUE = (
+    _NOW
+    + _FINISHED
+    + """
+if finished(KEYS[2], KEYS[1]) then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'state', ARGV[1], 'updated_at', now)
+local queue = redis.call('HGET', KEYS[2], 'queue')
+if queue then redis.call('ZADD', ARGV[3] .. queue, now, ARGV[2]) end
+return 1
+"""
+)
 
 
 class Publisher:
     """Writes terminal events and job state; one instance (one Redis pool) per worker process."""
 
     def __init__(
-        self, client: redis.Redis[bytes], *, stream_maxlen: int, job_ttl_s: int, stream: str = VERDICT_STREAM
+        self,
+        client: redis.Redis[bytes],
+        *,
+        stream_maxlen: int,
+        job_ttl_s: int,
+        bulk_record_ttl_s: int | None = None,
+        stream_max_age_s: int = 0,
+        stream: str = VERDICT_STREAM,
     ) -> None:
         self._redis = client
         self._stream = stream
         self._maxlen = stream_maxlen
         self._ttl = job_ttl_s
+        self._bulk_ttl = bulk_record_ttl_s if bulk_record_ttl_s is not None else job_ttl_s
+        self._max_age_ms = stream_max_age_s * 1000
         self._publish = client.register_script(_PUBLISH)
+        self._publish_bare = client.register_script(_PUBLISH_BARE)
+        self._back_to_queue = client.register_script(_BACK_TO_QUEUE)
         self._begin = client.register_script(_BEGIN)
 
     def begin(self, job_id: str, attempt: int, worker: str) -> bool:
         """Record that ``attempt`` started, in one round trip; False (and the delivery counted as a duplicate in
         ``duplicate_deliveries``) when the job already has its terminal event."""
-        keys = [terminal_guard_key(job_id), job_key(job_id)]
-        return bool(self._begin(keys=keys, args=[attempt, time.time(), worker, self._ttl]))
+        keys = [terminal_guard_key(job_id), job_key(job_id), RUNNING_JOBS, QUEUE_WATERMARKS]
+        return bool(self._begin(keys=keys, args=[attempt, worker, self._ttl, job_id, OPEN_JOBS_PREFIX]))
 
     def is_terminal(self, job_id: str) -> bool:
-        return bool(self._redis.exists(terminal_guard_key(job_id)))
+        state, guarded = self._redis.pipeline(transaction=False).hget(job_key(job_id), "state").exists(
+            terminal_guard_key(job_id)
+        ).execute()
+        return state in {b"completed", b"failed"} or bool(guarded)
 
     def publish(self, event: CloudEvent, *, callback_url: str | None = None) -> str | None:
         """XADD the event unless the job already has a terminal event; return the stream id or None.
@@ -72,16 +178,33 @@ class Publisher:
         """
         job_id = event.data.job_id
         state = "completed" if event.completed else "failed"
-        keys = [terminal_guard_key(job_id), self._stream, job_key(job_id), OPEN_JOBS]
+        keys = [terminal_guard_key(job_id), self._stream, job_key(job_id), OPEN_JOBS, RUNNING_JOBS]
+        min_id = f"{int(time.time() * 1000) - self._max_age_ms}-0" if self._max_age_ms else ""
         args: list[Any] = [
             event.to_json(),
             self._maxlen,
             self._ttl,
             state,
             STREAM_FIELD,
-            time.time(),
             callback_url or "",
             job_id,
+            OPEN_JOBS_PREFIX,
+            self._bulk_ttl,
+            min_id,
         ]
         sid = self._publish(keys=keys, args=args)
         return sid.decode() if isinstance(sid, bytes) else sid
+
+    def publish_bare(self, event: CloudEvent) -> str | None:
+        """Publish guarded by a guard key of its own, without touching the job hash: for a job whose hash Redis
+        refuses to update (``WRONGTYPE``: someone wrote another type under its key), so it still ends in one event."""
+        job_id = event.data.job_id
+        keys = [terminal_guard_key(job_id), self._stream, OPEN_JOBS, RUNNING_JOBS]
+        sid = self._publish_bare(keys=keys, args=[event.to_json(), self._maxlen, self._ttl, STREAM_FIELD, job_id])
+        return sid.decode() if isinstance(sid, bytes) else sid
+
+    def requeued(self, job_id: str, *, state: str = "queued") -> None:
+        """The job's message went back to its queue (handed back untouched, or a retry was scheduled): its state
+        reads ``state`` and it is in its queue's open index again, at the back."""
+        keys = [terminal_guard_key(job_id), job_key(job_id), RUNNING_JOBS]
+        self._back_to_queue(keys=keys, args=[state, job_id, OPEN_JOBS_PREFIX])

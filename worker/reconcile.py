@@ -1,17 +1,25 @@
-"""Re-send jobs the broker lost, from the job records producers keep.
+"""Re-send jobs the broker lost, at a cost proportional to what is suspicious, never to how much is open.
 
 kombu's Redis transport takes a message with ``BRPOP`` and only then records it as unacknowledged. A worker killed
 between the two, or a Redis crash between the two (the pop persisted, its reply or the bookkeeping not), leaves a
-job that is in no queue, in no ``unacked`` hash and known to nobody alive (seen in ``make test`` with
-``appendfsync always`` and with ``kill -9``). Producers therefore keep each job's message in its job hash and its
-id in the open-jobs index (``guardq:jobs:open``) until the terminal event is published.
+job that is in no queue, in no ``unacked`` hash and known to nobody alive. Producers therefore keep each job's
+message in its job hash until the terminal event, and every unfinished job sits in exactly one index
+(``worker/publish.py`` moves it, Redis time throughout):
 
-Every ``GUARDQ_RECONCILE_INTERVAL_S`` one worker (a Redis lock) sweeps the index: a job with a terminal event leaves
-it; a job whose id is in a queue list or in ``unacked`` is on its way; any other job becomes a *suspect*, and a
-suspect still missing at a later sweep at least one interval on is sent again under the same id (the publish guard
-makes a second run harmless). Two sightings keep a message that is between ``BRPOP`` and its bookkeeping for a
-moment from being taken for lost. A sweep is skipped while the queues or the index hold more than
-``GUARDQ_RECONCILE_MAX_SCAN`` entries.
+- ``guardq:jobs:open:<queue>`` while its message waits in that queue (scored by when it joined the queue);
+- ``guardq:jobs:running`` once a worker began it (scored by when).
+
+Queues are first in, first out, so a job still in its queue's open index although a job that joined the queue
+later has already begun (the queue's *watermark*, ``guardq:jobs:watermarks``) should have been taken: a suspect.
+So is any open job of an empty queue older than ``margin_s``, and any running job whose message no worker holds
+(``unacked``). The sweep reads only those: a range query per queue below its watermark and one on the running
+index, each at most ``batch`` long, and ``unacked`` only when there are suspects. A backfill of a million queued
+jobs costs it nothing; it never switches itself off.
+
+A suspect neither finished nor reserved at a later sweep at least ``grace_s`` on is sent again under the same id
+(the publish guard makes a second run harmless). Two sightings keep a message that is between ``BRPOP`` and its
+bookkeeping for a moment from being taken for lost. One worker sweeps at a time: a Redis lock with a token, released
+only by its holder.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,11 +35,27 @@ import orjson
 import redis
 import structlog
 
-from schemas.keys import OPEN_JOBS, RECONCILE_LOCK, RECONCILE_SUSPECTS, job_key, terminal_guard_key
+from schemas.keys import (
+    OPEN_JOBS,
+    OPEN_QUEUES,
+    QUEUE_WATERMARKS,
+    RECONCILE_LOCK,
+    RECONCILE_SUSPECTS,
+    RUNNING_JOBS,
+    job_key,
+    open_jobs_key,
+    terminal_guard_key,
+)
 
 log = structlog.get_logger("guardq.reconcile")
 UNACKED = "unacked"  # kombu's hash of reserved, unacknowledged messages
+REORDER_S = 2.0  # workers that BRPOP one queue may begin its jobs slightly out of order
 Send = Callable[[dict[str, Any], str, str], object]  # (message, queue, job id)
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _task_id(envelope: Any) -> str | None:
@@ -39,22 +64,22 @@ def _task_id(envelope: Any) -> str | None:
     return task_id if isinstance(task_id, str) else None
 
 
-def _ids_in(values: Iterable[bytes], *, unacked: bool) -> set[str]:
+def reserved_ids(values: Iterable[bytes]) -> set[str]:
+    """Task ids of kombu ``unacked`` values (``[envelope, exchange, routing key]``)."""
     found: set[str] = set()
     for raw in values:
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
             continue
-        envelope = value[0] if unacked and isinstance(value, list) and value else value
-        task_id = _task_id(envelope)
+        task_id = _task_id(value[0] if isinstance(value, list) and value else value)
         if task_id is not None:
             found.add(task_id)
     return found
 
 
 class Reconciler:
-    """Sweeps the open-jobs index; safe to run from every worker (one sweeps at a time)."""
+    """Safe to run from every worker (one sweeps at a time)."""
 
     def __init__(
         self,
@@ -63,73 +88,113 @@ class Reconciler:
         *,
         node: str,
         grace_s: float,
-        max_scan: int = 200_000,
-        batch: int = 10_000,
+        margin_s: float | None = None,
+        batch: int = 1000,
         lock_key: str = RECONCILE_LOCK,
         suspects_key: str = RECONCILE_SUSPECTS,
+        lock_ttl_s: int = 300,
+        also: Callable[[], object] | None = None,
     ) -> None:
+        self._also = also  # more fleet-wide upkeep to run under the same lock (stream group warnings)
         self._redis = client
         self._send = send
         self._node = node
         self._grace = grace_s
-        self._max_scan = max_scan
+        self._margin = margin_s if margin_s is not None else max(10.0, 2 * grace_s)
         self._batch = batch
         self._lock = lock_key
         self._suspects = suspects_key
-
-    def present(self, queues: Iterable[str]) -> set[str] | None:
-        """Task ids waiting in these queue lists or reserved (``unacked``); None when the queues are too long."""
-        lengths = {queue: int(self._redis.llen(queue)) for queue in queues}
-        if sum(lengths.values()) > self._max_scan:
-            log.info("reconcile_skipped_deep_queues", queued=sum(lengths.values()), limit=self._max_scan)
-            return None
-        ids: set[str] = set()
-        for queue, length in lengths.items():
-            for start in range(0, length, 1000):
-                ids |= _ids_in(self._redis.lrange(queue, start, start + 999), unacked=False)
-        return ids | _ids_in(self._redis.hvals(UNACKED), unacked=True)
+        self._lock_ttl = lock_ttl_s
+        self._release = client.register_script(_RELEASE)
+        self.last_examined = 0  # jobs the last sweep looked at (its cost)
 
     def sweep(self, now: float | None = None) -> int:
         """One pass; return how many jobs were sent again (0 when another worker holds the sweep)."""
-        if not self._redis.set(self._lock, self._node, nx=True, ex=300):
+        token = f"{self._node}:{uuid.uuid4().hex}"
+        if not self._redis.set(self._lock, token, nx=True, ex=self._lock_ttl):
             return 0
         try:
-            return self._sweep(time.time() if now is None else now)
+            if now is None:
+                seconds, micros = self._redis.time()
+                now = seconds + micros / 1e6
+            resent = self._sweep(now)
+            if self._also is not None:
+                self._also()
+            return resent
         finally:
-            self._redis.delete(self._lock)
+            self._release(keys=[self._lock], args=[token])
+
+    def suspects_now(self, now: float) -> dict[str, str | None]:
+        """Open jobs that should have been taken by now (job id -> queue), and running ones (job id -> None)."""
+        found: dict[str, str | None] = {}
+        queues = sorted(q.decode() for q in self._redis.smembers(OPEN_QUEUES))
+        pipe = self._redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+            pipe.hget(QUEUE_WATERMARKS, queue)
+        replies = pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for i, queue in enumerate(queues):
+            depth, mark = replies[2 * i], replies[2 * i + 1]
+            bound = float(mark) - REORDER_S if mark is not None else float("-inf")
+            if int(depth) == 0:
+                bound = max(bound, now - self._margin)
+            pipe.zrangebyscore(open_jobs_key(queue), "-inf", f"({bound}", start=0, num=self._batch)
+        pipe.zrangebyscore(RUNNING_JOBS, "-inf", f"({now - self._grace}", start=0, num=self._batch)
+        *per_queue, running = pipe.execute()
+        for queue, ids in zip(queues, per_queue, strict=True):
+            found |= {raw.decode(): queue for raw in ids}
+        found |= {raw.decode(): None for raw in running if raw.decode() not in found}
+        return found
+
+    def _drain_legacy(self) -> None:
+        """Move a page of the single pre-upgrade index into the per-queue ones (bounded work per sweep)."""
+        ids = [raw.decode() for raw in self._redis.zrange(OPEN_JOBS, 0, self._batch - 1, withscores=False)]
+        if not ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(job_key(job_id), "queue")
+            pipe.zscore(OPEN_JOBS, job_id)
+        replies = pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        for i, job_id in enumerate(ids):
+            queue, score = replies[2 * i], replies[2 * i + 1]
+            if queue is not None and score is not None:
+                pipe.zadd(open_jobs_key(queue.decode()), {job_id: score}, nx=True)
+                pipe.sadd(OPEN_QUEUES, queue)
+            pipe.zrem(OPEN_JOBS, job_id)
+        pipe.execute()
 
     def _sweep(self, now: float) -> int:
-        total = int(self._redis.zcard(OPEN_JOBS))
-        if total > self._max_scan:
-            log.info("reconcile_skipped_many_open_jobs", open=total, limit=self._max_scan)
+        self._drain_legacy()
+        candidates = self.suspects_now(now)
+        self.last_examined = len(candidates)
+        if not candidates:
+            self._redis.delete(self._suspects)
             return 0
-        records: dict[str, tuple[list[bytes | None], int]] = {}
-        for start in range(0, total, self._batch):
-            ids = [raw.decode() for raw in self._redis.zrange(OPEN_JOBS, start, start + self._batch - 1)]
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hmget(job_key(job_id), ["message", "queue"])
-                pipe.exists(terminal_guard_key(job_id))
-            replies = pipe.execute()
-            records |= {job_id: (replies[2 * i], replies[2 * i + 1]) for i, job_id in enumerate(ids)}
-        on_the_way = self.present({queue.decode() for (_, queue), _ in records.values() if queue})
-        if on_the_way is None:
-            return 0
+        ids = list(candidates)
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(job_key(job_id), ["state", "message", "queue"])
+            pipe.exists(terminal_guard_key(job_id))
+        replies = pipe.execute()
+        reserved = reserved_ids(self._redis.hvals(UNACKED))
         suspects = {k.decode(): float(v) for k, v in self._redis.hgetall(self._suspects).items()}
         missing: set[str] = set()
         resent = 0
-        for job_id, ((message, queue), finished) in records.items():
-            if finished:
-                self._redis.zrem(OPEN_JOBS, job_id)
-            elif job_id in on_the_way:
-                continue
+        for i, job_id in enumerate(ids):
+            (state, message, queue_raw), guarded = replies[2 * i], replies[2 * i + 1]
+            queue = queue_raw.decode() if queue_raw is not None else candidates[job_id]
+            if state in {b"completed", b"failed"} or guarded:
+                self._forget(job_id, queue)
+            elif job_id in reserved:
+                continue  # a worker holds it: on its way
             elif message is None or queue is None:
-                self._redis.zrem(OPEN_JOBS, job_id)
+                self._forget(job_id, queue)
                 log.error("job_record_lost", job_id=job_id)  # nothing left to re-send from (expired, or lost too)
             elif job_id in suspects and now - suspects[job_id] >= self._grace:
-                self._send(json.loads(message), queue.decode(), job_id)
-                self._redis.hincrby(job_key(job_id), "reconciled", 1)
-                log.warning("job_resent", job_id=job_id, queue=queue.decode(), missing_since=suspects[job_id])
+                self._resend(job_id, json.loads(message), queue, now, missing_since=suspects[job_id])
                 resent += 1
             else:
                 missing.add(job_id)
@@ -140,6 +205,22 @@ class Reconciler:
         if cleared:
             self._redis.hdel(self._suspects, *cleared)
         return resent
+
+    def _forget(self, job_id: str, queue: str | None) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(RUNNING_JOBS, job_id)
+        if queue is not None:
+            pipe.zrem(open_jobs_key(queue), job_id)
+        pipe.execute()
+
+    def _resend(self, job_id: str, message: dict[str, Any], queue: str, now: float, *, missing_since: float) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(RUNNING_JOBS, job_id)
+        pipe.zadd(open_jobs_key(queue), {job_id: now})  # its new message joins the back of the queue
+        pipe.hincrby(job_key(job_id), "reconciled", 1)
+        pipe.execute()
+        self._send(message, queue, job_id)
+        log.warning("job_resent", job_id=job_id, queue=queue, missing_since=missing_since)
 
 
 class ReconcileLoop:
@@ -157,10 +238,14 @@ class ReconcileLoop:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
+            started = time.perf_counter()
             try:
-                self._reconciler.sweep()
+                resent = self._reconciler.sweep()
             except redis.RedisError as exc:
                 log.info("reconcile_skipped", error=repr(exc))  # Redis down; try again next interval
+                continue
+            if resent:
+                log.info("reconcile_swept", resent=resent, seconds=round(time.perf_counter() - started, 4))
 
     def stop(self) -> None:
         self._stop.set()

@@ -11,6 +11,9 @@ metrics endpoint, registry heartbeat keep reporting "paused"), and nothing it ho
 fail fast as transient and go back to the queue as retries for healthy GPUs; jobs that start while the server is
 known down are requeued untouched (see ``worker.tasks``); a pause also survives broker reconnects, since Celery
 rebuilds its consumer from the deselected queue set.
+
+The same switch serves ``worker.faults``: while a configuration-class fault holds (``hold()`` is true) the worker
+stays paused even with its server up, and resumes on the first probe after the hold ends.
 """
 
 from __future__ import annotations
@@ -83,8 +86,10 @@ class ServerWatch:
         interval_s: float,
         fail_after: int = 2,
         on_change: Callable[[bool, bool], None] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self._probe = probe
+        self._hold = hold
         self._switch = switch
         self._interval = interval_s
         self._health = ServerHealth(fail_after=fail_after)
@@ -142,8 +147,9 @@ class ServerWatch:
             self._up.clear()
         if up != was_up:
             log.warning("server_up" if up else "server_down", failures=self._health.failures)
-        if up != self.consuming and not self._stop.is_set():
-            self._apply(up)
+        want = up and not (self._hold is not None and self._hold())
+        if want != self.consuming and not self._stop.is_set():
+            self._apply(want)
         if self._on_change is not None:
             self._on_change(up, self.consuming)
 

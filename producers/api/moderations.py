@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -20,8 +19,9 @@ from producers.api.services import (
     image_source,
     job_factory,
 )
+from producers.broker import JobRecord
+from producers.jobstatus import NO_RECORD, read_job
 from schemas.job import ModerationJob, new_job_id
-from schemas.keys import job_key
 from schemas.policy import Policy
 
 router = APIRouter(prefix="/v1", tags=["moderations"])
@@ -65,6 +65,7 @@ class JobStatus(BaseModel):
     updated_at: float | None = None
     attempts: int | None = None
     event: dict[str, Any] | None = Field(default=None, description="The terminal CloudEvent once the job ended.")
+    note: str | None = Field(default=None, description="Why the event is missing for a finished job (trimmed).")
 
 
 def accepted(request: Request, job: ModerationJob) -> dict[str, Any]:
@@ -97,6 +98,13 @@ def enqueue_once(
         return respond(claim.replay, replayed=True)
     try:
         job = make_job(keyed_job_id(tenant, idem_key))
+        earlier = svc.queue.record_of(job.job_id)
+        if earlier is not None:
+            # The key's job id is derived from tenant and key, and its job (with its publish guard) outlives the key
+            # record: never answer a new request with an old job's verdict.
+            body = _earlier_use(svc, request, job, earlier, idem_key)
+            svc.idempotency.complete(claim, body)
+            return respond(body, replayed=True)
         svc.queue.send(job)
     except BaseException:
         svc.idempotency.release(claim)
@@ -104,6 +112,23 @@ def enqueue_once(
     body = accepted(request, job)
     svc.idempotency.complete(claim, body)
     return respond(body)
+
+
+def _earlier_use(svc: Services, request: Request, job: ModerationJob, earlier: JobRecord, key: str) -> dict[str, Any]:
+    """The answer for a key whose record is gone while its job is still remembered.
+
+    Within the key's lifetime that is our own crash between enqueueing and storing the answer: the same request
+    gets the same job. Past it, the key was reused: a clear 409 (use a new key), not the old job's verdict.
+    """
+    ttl = svc.settings.api_idempotency_ttl_s
+    if earlier.age_s < ttl and earlier.image in {None, str(job.image)}:
+        return accepted(request, job)
+    raise ApiError(
+        409,
+        "idempotency_key_expired",
+        f"this Idempotency-Key was used for job {job.job_id} {earlier.age_s / 3600:.1f} h ago; keys are remembered "
+        f"for {ttl / 3600:g} h and must not be reused after that: send a new Idempotency-Key",
+    )
 
 
 @router.post("/moderations", status_code=202, response_model=Accepted, summary="Queue an image for moderation")
@@ -137,17 +162,19 @@ def create_moderation(
 )
 def get_moderation(job_id: str, who: PrincipalDep, svc: ServicesDep) -> JobStatus:
     """A job of another tenant is reported exactly like a job that does not exist (404)."""
-    raw = svc.queue.redis.hgetall(job_key(job_id)) if _JOB_ID.match(job_id) else {}
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    if not fields or fields.get("tenant") != who.tenant:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    view = read_job(svc.queue.redis, job_id) if _JOB_ID.match(job_id) else None
+    if view is None or view.fields.get("tenant") != who.tenant:
+        raise ApiError(404, "not_found", f"no job {job_id!r}: {NO_RECORD}")
+    fields, event = view.fields, view.event
+    updated = float(fields["updated_at"]) if "updated_at" in fields else view.finished_at
     return JobStatus(
         job_id=job_id,
-        status=fields.get("state", "queued"),
+        status=view.state,
         tenant=who.tenant,
-        image=fields.get("image"),
+        image=fields.get("image") or (event or {}).get("subject"),
         created_at=fields.get("created_at"),
-        updated_at=float(fields["updated_at"]) if "updated_at" in fields else None,
+        updated_at=updated,
         attempts=int(fields["attempts"]) if "attempts" in fields else None,
-        event=json.loads(fields["event"]) if "event" in fields else None,
+        event=event,
+        note=view.note,
     )

@@ -28,6 +28,8 @@ def _nodes_table(data: dict[str, Any]) -> Table:
         health = node["health"]
         style = _HEALTH_STYLE.get(health, "yellow")
         state = node.get("state", "")
+        if node.get("fault"):  # a misconfigured worker (worker/faults.py): paused, and says why
+            health, style = f"unhealthy: {node['fault']}", "red"
         consuming = "yes" if node.get("consuming") == "1" else ("no" if node.get("consuming") == "0" else "-")
         table.add_row(
             node["node"],
@@ -77,6 +79,7 @@ def status(
             console.print(_queues_table(data))
             console.print(
                 f"{totals['nodes']} worker(s), {totals['servers_up']} server(s) up, {totals['consuming']} consuming, "
+                f"{totals.get('unhealthy', 0)} unhealthy, "
                 f"{totals['in_flight']} in flight, {totals['jobs_per_s']} jobs/s, {totals['waiting']} waiting"
             )
         if watch is None:

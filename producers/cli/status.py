@@ -8,16 +8,17 @@ from typing import Annotated
 import typer
 
 from producers.cli.common import fail, job_queue
-from schemas.keys import job_key
+from producers.jobstatus import NO_RECORD, read_job
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id printed by enqueue.")]) -> None:
     """Print the job's state as JSON; exit 1 if the job is unknown (or expired)."""
-    raw = job_queue().redis.hgetall(job_key(job_id))
-    if not raw:
-        fail(f"no job {job_id!r} (unknown, or older than GUARDQ_JOB_TTL_S)", code=1)
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    out: dict[str, object] = {"job_id": job_id, **{k: v for k, v in fields.items() if k != "event"}}
-    if "event" in fields:
-        out["event"] = json.loads(fields["event"])
+    view = read_job(job_queue().redis, job_id)
+    if view is None:
+        fail(f"no job {job_id!r}: {NO_RECORD}", code=1)
+    out: dict[str, object] = {"job_id": job_id, **view.fields}
+    if view.event is not None:
+        out["event"] = view.event
+    if view.note is not None:
+        out["note"] = view.note
     typer.echo(json.dumps(out, indent=2))

@@ -164,7 +164,8 @@ class ResultsSink:
         part = f"s3://{bucket}/{prefix}part-{entries[0].id}.jsonl"
         keys = [RESULTS_PENDING, *(job_key(e.event.data.job_id) for e in entries if e.event is not None)]
         ids = ",".join(e.id for e in entries)
-        claimed = int(self._claim(keys=keys, args=[part, self.settings.job_ttl_s, ids, *(e.raw for e in entries)]))
+        ttl = self.settings.bulk_record_ttl_s  # a claim lives as long as a backfill job's record
+        claimed = int(self._claim(keys=keys, args=[part, ttl, ids, *(e.raw for e in entries)]))
         if claimed == 0:  # every event already went into an earlier part
             self.reader.ack(*(e.id for e in entries))
             return 0

@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print the table with targets and PASS/MISS, write bench-results/*.json.
 
-Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory frames dataset]`` (default: all).
+Usage: ``python -m tests.benchmarks [p1 p2 p3 backfill p4 memory frames dataset state]`` (default: all).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
         p3_bookkeeping,
         p4_cache,
         p5_frames,
+        redis_state,
     )
 
     benches = {
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
         "memory": memory.run,
         "frames": p5_frames.run,
         "dataset": dataset.run,
+        "state": redis_state.run,  # Redis bytes per job, the 100k-job memory curve, reconciler sweep cost
     }
     chosen = argv or list(benches)
     unknown = [b for b in chosen if b not in benches]

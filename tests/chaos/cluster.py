@@ -24,10 +24,23 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+# What the fault-injection runs shorten to stay quick. A cluster with ``production_defaults=True`` sets none of
+# them: a shortened timeout can hide the very stall a user would hit (a row with defaults for every failure mode).
+SHORTENED = {
+    "GUARDQ_RECONCILE_INTERVAL_S": "2",
+    "GUARDQ_MAX_RETRIES": "4",
+    "GUARDQ_RETRY_BACKOFF_BASE_S": "0.05",
+    "GUARDQ_RETRY_BACKOFF_MAX_S": "0.5",
+    "GUARDQ_SGLANG_TIMEOUT_S": "3",
+    "GUARDQ_WORKER_CONCURRENCY": "8",
+}
+
+
 @dataclass
 class Cluster:
     workdir: Path
     visibility_timeout_s: int = 8
+    production_defaults: bool = False
     appendonly: bool = False
     fsync: str = "everysec"
     env_extra: dict[str, str] = field(default_factory=dict)
@@ -56,21 +69,17 @@ class Cluster:
     @property
     def env(self) -> dict[str, str]:
         assert self.redis is not None and self.sim is not None
-        return {
+        base = {
             "GUARDQ_REDIS_URL": self.redis.url,
             "GUARDQ_SGLANG_URL": self.sim.url,
             "GUARDQ_UPLOAD_STORE": f"file://{self.workdir / 'uploads'}",
-            "GUARDQ_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
-            "GUARDQ_RECONCILE_INTERVAL_S": "2",
-            "GUARDQ_MAX_RETRIES": "4",
-            "GUARDQ_RETRY_BACKOFF_BASE_S": "0.05",
-            "GUARDQ_RETRY_BACKOFF_MAX_S": "0.5",
-            "GUARDQ_SGLANG_TIMEOUT_S": "3",
-            "GUARDQ_WORKER_CONCURRENCY": "8",
             "GUARDQ_LOG_FORMAT": "json",
             "GUARDQ_LOG_LEVEL": "WARNING",
             "GUARDQ_METRICS_PORT": "0",
-        } | self.env_extra
+        }
+        if not self.production_defaults:
+            base |= SHORTENED | {"GUARDQ_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s)}
+        return base | self.env_extra
 
     @property
     def settings(self) -> Settings:
@@ -83,21 +92,25 @@ class Cluster:
             self._queue = JobQueue(self.settings)
         return self._queue
 
-    def start_worker(self, name: str) -> Service:
-        self.workers[name] = start_worker(self.env, self.workdir / "workers", name=name)
+    def start_worker(self, name: str, **env: str) -> Service:
+        """Start worker ``name``; ``env`` overrides this one worker's variables (a misconfigured worker)."""
+        self.workers[name] = start_worker(self.env | env, self.workdir / "workers", name=name)
         return self.workers[name]
 
     def describe(self) -> dict[str, object]:
         """The settings a reader needs to judge this cluster's figures."""
-        env = self.env
-        return {
+        settings = self.settings
+        described: dict[str, object] = {
             "workers": len(self.workers),
-            "threads_per_worker": int(env["GUARDQ_WORKER_CONCURRENCY"]),
-            "visibility_timeout_s": self.visibility_timeout_s,
-            "max_retries": int(env["GUARDQ_MAX_RETRIES"]),
-            "sglang_timeout_s": float(env["GUARDQ_SGLANG_TIMEOUT_S"]),
+            "threads_per_worker": settings.worker_concurrency,
+            "visibility_timeout_s": settings.visibility_timeout_s,
+            "max_retries": settings.max_retries,
+            "sglang_timeout_s": settings.sglang_timeout_s,
             "redis_aof": f"appendfsync {self.fsync}" if self.appendonly else "off",
         }
+        if self.production_defaults:
+            described["defaults"] = "production (nothing shortened)"
+        return described
 
     def worker_rss_mb(self) -> dict[str, float]:
         return {name: rss_mb(service.proc.pid) for name, service in self.workers.items()}

@@ -44,12 +44,50 @@ The visibility timeout is one setting, `GUARDQ_VISIBILITY_TIMEOUT_S`, applied co
 options of producers *and* workers (`Settings.broker_transport_options()`: `visibility_timeout`, plus
 `unacked_restore_interval` = a tenth of it, so dead workers' messages come back promptly), the Celery
 `visibility_timeout` of the worker app, and the retry policy (backoff capped at half of it, so a retry countdown
-never outlives it — Celery #2599/#4400). Production default 3600 s; these runs use 8 s to keep them short.
+never outlives it — Celery #2599/#4400). Production default 3600 s; these runs use 8 s to keep them short — the
+next section repeats the kill with production defaults, where nothing waits for the visibility timeout.
 
 kombu's restore sweep runs under a Redis lock (`unacked_mutex`) that expires after 300 s by default: a worker killed
 while holding it — a window of milliseconds each second, but `make test` hit it under load (6 of 60 jobs not back
 within 90 s) — stalls every redelivery for five minutes. guardq sets `unacked_mutex_expire` to a tenth of the
 visibility timeout, 5 to 60 s; one row below plants the lock exactly as a killed holder leaves it.
+"""
+
+WORKER_KILL_DEFAULTS = """\
+The same `kill -9`, with **production defaults** — nothing shortened: visibility timeout 3,600 s, SGLang timeout
+120 s (a verdict-cache lock lives 250 s), the verdict cache on, 32 threads per worker, reconciler every 15 s. Before
+this was fixed, one kill left a fifth of 200 jobs `running` 90 s later, their messages reserved until the hour-long
+visibility timeout, and a redelivered job waited 60 s for the cache lock its own dead attempt held.
+
+Now each worker records which *incarnation* (node name, pid, random tag) reserved each message
+(`guardq:unacked:owners`, written just before kombu records the reservation, removed with it on ack, reject or
+restore) and keeps a lease (`guardq:fleet:lease:<incarnation>`, TTL three heartbeats, 15 s). Every
+`GUARDQ_RECLAIM_INTERVAL_S` (2 s) one worker hands back, through kombu's own `restore_by_tag`, the messages of
+incarnations whose lease has been missing at two sweeps 10 s apart — or at once when the node restarted under the
+same name (`worker/reclaim.py`). A cache lock names its job and holder (`<job> <incarnation> <token>`): a redelivered
+job takes it over at once, another job as soon as the holder's lease is gone. A cache wait is capped at a quarter of
+the visibility timeout.
+
+Columns as above; the notes give the time from the last kill to the last terminal event and the cost: model
+requests beyond one per job, bounded by what the victims held at the kill (their requests die with them and run
+once more elsewhere; nothing else repeats).
+"""
+
+MISCONFIGURED = """\
+A worker whose configuration is wrong — an SGLang URL that is not SGLang (404), a wrong SGLang API key (401), a wrong
+S3 secret (`SignatureDoesNotMatch`; `InvalidAccessKeyId`, expired tokens, `RequestTimeTooSkewed` and missing
+credentials are the same class) — used to fail every job it took at full speed. Now such failures are a
+`WorkerFault` (`schemas/errors.py`; which errors are classified where: `worker/retry.py`, `worker/sources/s3.py`,
+`worker/redisfaults.py` for a Redis refusing writes: OOM, READONLY, MISCONF, NOPERM, WRONGPASS): the job goes back to
+its queue untouched (no retry spent, no event), the worker stops consuming for `GUARDQ_FAULT_PAUSE_S` (30 s,
+doubling to `GUARDQ_FAULT_PAUSE_MAX_S`, 600 s, while probes keep failing) and reports itself unhealthy: a
+`worker_unhealthy` log line naming the cause, `guardq_worker_healthy 0` and `guardq_worker_fault{cause}` 1, and
+`worker_health`/`fault`/`fault_message` in its fleet registry hash (`guardq fleet status`). A genuinely bad request (SGLang
+400: context too long, an image it cannot decode) stays a permanent failure of that job; a 400 "Duplicate request
+ID" is transient.
+
+Each row starts the broken worker alone with production defaults, checks that it took jobs and ended none and that
+it reports the cause, then starts a healthy worker: every job completes, none fails.
 """
 
 REDIS_RESTART = """\
@@ -71,10 +109,19 @@ fsync settings measured:
 Even with `always`, kombu's Redis transport leaves one window: it takes a message with `BRPOP` and only then records
 it as unacknowledged, so a crash between the two loses a message nobody finished (seen: 1 job in ~240 with `always`
 in `make test`; a worker killed in that moment loses the message the same way). Producers keep each job's message in
-its job hash and its id in `guardq:jobs:open` until the terminal event; every `GUARDQ_RECONCILE_INTERVAL_S` one
-worker's reconciler (`worker/reconcile.py`) re-sends an open job that two sweeps an interval apart found neither
-finished nor in a queue list or `unacked` — the publish guard makes a second run harmless. The row "message lost in
+its job hash until the terminal event, and each unfinished job sits in one index: its queue's open index
+(`guardq:jobs:open:<queue>`, scored by when it joined the queue, Redis time) or the running one. Every
+`GUARDQ_RECONCILE_INTERVAL_S` one worker's reconciler (`worker/reconcile.py`) looks only at jobs that should have been
+taken by now — still open although a later job of the same queue already began (queues are FIFO), open in an empty
+queue for more than the margin, or running with no worker holding the message — and re-sends those that two sweeps
+an interval apart found neither finished nor reserved; the publish guard makes a second run harmless. Its cost does
+not grow with the backlog (0.5 ms a sweep with 10k, 100k or 1M open jobs: docs/scale.md). The row "message lost in
 the BRPOP window" plants exactly that loss and checks the job still ends in one event.
+
+With production defaults (the row so marked) the jobs in flight at the crash must not wait out the visibility
+timeout either: a worker's broker channel is rebuilt after the reconnect and kombu cannot restore what the old one
+held, or an acknowledgement fails. Each worker audits its own entries in `guardq:unacked:owners` every 15 s and
+hands back those it holds in no task request at two audits in a row (`worker/reclaim.py`, `OwnReservations`).
 
 Choose `always` where no job may be lost on a Redis crash; measure the throughput cost on your storage first.
 Replication (a replica promoted on failure) has the same at-most-the-last-writes caveat unless `WAIT` is used.
@@ -89,7 +136,8 @@ The SGLang test server misbehaves on cue. Designed outcomes (`worker/inference/s
 | 503 queue full, 429, 5xx, a connection dropped mid-request | transient: retried with backoff (`Retry-After` honoured); `inference_unavailable` (retryable) once `GUARDQ_MAX_RETRIES` are spent |
 | a hang past `GUARDQ_SGLANG_TIMEOUT_S` | transient: `inference_timeout` after the retries |
 | invalid JSON, a truncated verdict (`finish_reason: length`) | re-requested `GUARDQ_INVALID_OUTPUT_RETRIES` times in the same attempt, then `invalid_model_output` |
-| 400 | `inference_rejected` at once |
+| 400 | `inference_rejected` at once (the request's own problem); a 400 "Duplicate request ID" is transient |
+| 404, 405 (URL not SGLang's API), 401, 403 (API key) | the worker's fault, not the job's: handed back, worker paused and unhealthy (next section but one) |
 | connection refused (server gone) | the worker's server watch pauses consumption (`cancel_consumer`); queued jobs wait, in-flight ones retry or are handed back untouched; all complete once a server listens again |
 
 The fault cases run one job each against the shared test worker; the number of chat requests the server saw is
@@ -154,6 +202,8 @@ error code it must get, and "held" counts the checks that got it.
 SCENARIOS: dict[str, tuple[str, str]] = {
     "soak": ("Soak", SOAK),
     "worker_kill": ("Worker kill (kill -9 under load)", WORKER_KILL),
+    "worker_kill_defaults": ("Worker kill with production defaults", WORKER_KILL_DEFAULTS),
+    "misconfigured_worker": ("A misconfigured worker (production defaults)", MISCONFIGURED),
     "redis_restart": ("Redis crash and restart (AOF, fsync always vs everysec)", REDIS_RESTART),
     "sglang_faults": ("SGLang faults", SGLANG_FAULTS),
     "bad_inputs": ("Bad input corpus", BAD_INPUTS),
@@ -174,6 +224,17 @@ FOOTER = """\
 - A kombu race on Redis restart killed workers ("Unrecoverable error"); guarded in `worker/kombu_compat.py`.
 - A worker killed while holding kombu's restore lock stalled all redeliveries for 300 s (the lock's default expiry);
   the lock now expires after a tenth of the visibility timeout, 5 to 60 s (`Settings.broker_transport_options`).
+- With production defaults a `kill -9`ed worker's jobs waited out the visibility timeout (an hour) and a redelivered
+  job waited 60 s for its own dead attempt's cache lock; now they end within half a minute (reservation owners and
+  leases, `worker/reclaim.py`; the lock names its job). A Redis restart left a few jobs reserved by live workers for
+  the hour as well; the workers' own audit gives them back.
+- A misconfigured worker (SGLang 404/401, bad S3 credentials, clock skew) failed every job it took; it now pauses,
+  reports why and leaves the jobs queued. A Redis error was always taken for a lost connection (a `WRONGTYPE` key
+  made a job go round forever; OOM/READONLY requeued at full speed); errors are now classified.
+- When publishing a retry failed, Celery rejected the message without requeue (the job was gone); the task now waits
+  for Redis or keeps the message. An `Idempotency-Key` reused after its 24 h lifetime mapped to the old job (its
+  7-day publish guard swallowed the new one and the status showed the old verdict); it now gets 409
+  `idempotency_key_expired`.
 - The API had no read timeouts (slow loris) and buffered JSON bodies of any size; see API security.
 - `rediss://` brokers were not certificate-checked by kombu; now verified by default.
 - The CLI printed the Redis URL, password included, when Redis failed; it now prints it redacted.

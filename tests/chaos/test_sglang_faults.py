@@ -83,14 +83,21 @@ def test_each_sglang_fault_is_retried_or_failed_with_its_own_code(
     assert [event.id] == [e.id for e in runner.events_for(job.job_id)]
 
 
-@pytest.mark.parametrize("jobs", [pytest.param(60, id="fast"), pytest.param(600, id="full", marks=pytest.mark.chaos)])
+@pytest.mark.parametrize(
+    ("jobs", "defaults"),
+    [
+        pytest.param(60, False, id="fast"),
+        pytest.param(600, False, id="full", marks=pytest.mark.chaos),
+        pytest.param(200, True, id="production-defaults", marks=pytest.mark.chaos),
+    ],
+)
 @pytest.mark.timeout(300)
 def test_with_the_server_gone_jobs_wait_and_complete_once_it_is_back(
-    cluster_factory: type[Cluster], tmp_path: Path, jobs: int
+    cluster_factory: type[Cluster], tmp_path: Path, jobs: int, defaults: bool
 ) -> None:
     """Connection refused: the server is stopped mid-run and a new one started on the same port later."""
-    watch = {"GUARDQ_SERVER_WATCH_INTERVAL_S": "0.5", "GUARDQ_HEARTBEAT_INTERVAL_S": "0.5"}
-    cluster = cluster_factory(tmp_path, visibility_timeout_s=30, env_extra=watch)
+    watch = {} if defaults else {"GUARDQ_SERVER_WATCH_INTERVAL_S": "0.5", "GUARDQ_HEARTBEAT_INTERVAL_S": "0.5"}
+    cluster = cluster_factory(tmp_path, visibility_timeout_s=30, env_extra=watch, production_defaults=defaults)
     cluster.start(workers=2, latency_s=0.05, jitter_s=0.1)
     assert cluster.sim is not None
     port = int(cluster.sim.url.rsplit(":", 1)[1])
@@ -112,11 +119,12 @@ def test_with_the_server_gone_jobs_wait_and_complete_once_it_is_back(
         cluster.queue.redis,
         ids,
         scenario="sglang_faults",
-        variant=f"connection refused (server stopped {downtime}s), {jobs} jobs",
-        notes="2 workers x 8 threads; server stopped after 1/4 of the jobs ended, restarted on the same port",
+        variant=f"connection refused, {jobs} jobs" + (", production defaults" if defaults else ""),
+        notes=f"2 workers; server stopped for {downtime} s once 1/4 of the jobs ended, restarted on the same port",
     )
     result.seconds = round(time.monotonic() - started, 1)
-    result.extra = {"downtime_s": downtime, "settings": cluster.describe() | {"server_watch_interval_s": 0.5}}
+    watch_s = cluster.settings.server_watch_interval_s
+    result.extra = {"downtime_s": downtime, "settings": cluster.describe() | {"server_watch_interval_s": watch_s}}
     record(result)
     assert jobs == ended
     assert result.accounted, result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,51 @@ def test_a_ttl_of_zero_turns_the_cache_off(redis_client: redis.Redis) -> None:
     assert (VERDICT, False) == cache.verdict(k, lambda: VERDICT)
     assert (VERDICT, False) == cache.verdict(k, lambda: VERDICT)
     assert 0 == redis_client.exists(k.redis_key())
+
+
+# --- the lock names its holder: a redelivered job and a dead worker's lock are taken over -----------------------
+
+
+def _lock(k: CacheKey) -> str:
+    return f"{k.redis_key()}:lock"
+
+
+def test_a_redelivered_job_takes_over_the_lock_its_dead_attempt_left_at_once(redis_client: redis.Redis) -> None:
+    """Its worker was killed mid-inference: the lock (250 s with defaults) names the job, so it is not waited for."""
+    cache = VerdictCache(redis_client, ttl_s=60, wait_s=30, lock_s=250, incarnation=lambda: "w2#2-b")
+    k = key()
+    redis_client.set(_lock(k), "job-7 w1#1-a dead-token", px=250_000)
+    started = time.monotonic()
+    assert (VERDICT, False) == cache.verdict(k, lambda: VERDICT, job_id="job-7")
+    assert time.monotonic() - started < 1.0
+    assert redis_client.get(_lock(k)) is None  # released after the verdict was stored
+    hit, cached = cache.verdict(k, lambda: VERDICT, job_id="job-8")
+    assert cached and VERDICT.verdict == hit.verdict
+
+
+def test_a_waiter_takes_over_a_lock_whose_holder_died(redis_client: redis.Redis) -> None:
+    """Another job with the same image: it checks the holder's lease about once a second instead of waiting 60 s."""
+    cache = VerdictCache(
+        redis_client, ttl_s=60, wait_s=30, lock_s=250, incarnation=lambda: "w2#2-b", alive=lambda inc: inc != "w1#1-a"
+    )
+    k = key()
+    redis_client.set(_lock(k), "job-1 w1#1-a dead-token", px=250_000)
+    started = time.monotonic()
+    assert (VERDICT, False) == cache.verdict(k, lambda: VERDICT, job_id="job-2")
+    assert time.monotonic() - started < 3.0
+
+
+def test_a_waiter_keeps_waiting_for_a_living_holder_of_another_job(redis_client: redis.Redis) -> None:
+    cache = VerdictCache(redis_client, ttl_s=60, wait_s=1.5, lock_s=250, alive=lambda inc: True)
+    k = key()
+    redis_client.set(_lock(k), "job-1 w1#1-a live-token", px=250_000)
+    calls: list[str] = []
+
+    def infer() -> CachedOutcome:
+        calls.append("inferred")
+        return VERDICT
+
+    started = time.monotonic()
+    assert (VERDICT, False) == cache.verdict(k, infer, job_id="job-2")
+    assert time.monotonic() - started >= 1.5  # waited out the bound, then inferred itself
+    assert b"job-1 w1#1-a live-token" == redis_client.get(_lock(k))  # never took the living holder's lock

@@ -17,7 +17,9 @@ from schemas.keys import model_queues
 from schemas.models import get_model
 from tests.services.procs import ROOT
 from worker.metrics import WorkerMetrics
+from worker.streamwatch import STATE_METRIC_NAMES
 
+REDIS_STATE_METRICS = set(STATE_METRIC_NAMES)  # read from Redis at scrape time (worker/streamwatch.py)
 INFRA = ROOT / "infra"
 COMPOSE = INFRA / "compose" / "docker-compose.yml"
 
@@ -97,6 +99,29 @@ def test_compose_redis_keeps_an_append_only_file_and_never_evicts(compose: dict[
     command = compose["services"]["redis"]["command"]
     assert subsequence(["--appendonly", "yes"], command)
     assert subsequence(["--maxmemory-policy", "noeviction"], command)
+    assert "--maxmemory" in command  # a full broker refuses writes (workers pause) instead of being OOM-killed
+
+
+def test_the_verdict_cache_has_its_own_evicting_redis_in_compose_and_kubernetes(
+    compose: dict[str, Any], k8s: list[dict[str, Any]]
+) -> None:
+    cache = compose["services"]["redis-cache"]["command"]
+    assert subsequence(["--maxmemory-policy", "allkeys-lru"], cache) and "--maxmemory" in cache
+    assert "redis-cache" in compose["x-guardq-env"]["GUARDQ_CACHE_REDIS_URL"]
+    [deployment] = [d for d in kind(k8s, "StatefulSet") if d["metadata"]["name"] == "redis-cache"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert subsequence(["--maxmemory-policy", "allkeys-lru"], args)
+    [config] = kind(k8s, "ConfigMap")
+    assert "redis-cache" in config["data"]["GUARDQ_CACHE_REDIS_URL"]
+
+
+def test_prometheus_alerts_cover_redis_memory_stream_trimming_and_unhealthy_workers() -> None:
+    rules = yaml.safe_load((INFRA / "prometheus" / "alerts.yml").read_text())
+    exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
+    for metric in ("guardq_redis_used_memory_bytes", "guardq_stream_group_behind_trim", "guardq_worker_healthy"):
+        assert metric in exprs
+    used = set(re.findall(r"\bguardq_[a-z_]+", exprs))
+    assert used <= exported_metric_names(), used - exported_metric_names()
 
 
 def test_prometheus_scrapes_every_compose_worker_and_server(compose: dict[str, Any]) -> None:
@@ -216,6 +241,7 @@ def test_kubernetes_redis_keeps_an_append_only_file_and_never_evicts(k8s: list[d
     [redis] = [s for s in kind(k8s, "StatefulSet") if s["metadata"]["name"] == "redis"]
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert subsequence(["--appendonly", "yes"], args) and subsequence(["--maxmemory-policy", "noeviction"], args)
+    assert "--maxmemory" in args
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -237,7 +263,7 @@ def test_prometheus_on_kubernetes_keeps_the_named_metric_ports(k8s: list[dict[st
 def exported_metric_names() -> set[str]:
     registry = CollectorRegistry()
     WorkerMetrics(registry)
-    names = {"guardq_queue_depth"}
+    names = {"guardq_queue_depth"} | REDIS_STATE_METRICS
     for family in registry.collect():
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
         names |= {family.name + s for s in suffixes}

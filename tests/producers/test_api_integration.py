@@ -4,6 +4,7 @@ worker, job status and tenant isolation, authentication, validation, idempotency
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -12,10 +13,10 @@ import pytest
 import redis as redis_lib
 
 from producers.api.auth import ApiKeyStore
-from producers.api.idempotency import fingerprint
+from producers.api.idempotency import fingerprint, keyed_job_id
 from producers.events import wait_for
 from producers.rediskeys import idempotency_key
-from schemas.keys import queue_name
+from schemas.keys import job_key, queue_name
 from schemas.models import get_model
 from schemas.settings import Settings
 from tests import images
@@ -224,6 +225,65 @@ def test_an_idempotency_key_replays_the_same_job_and_refuses_a_different_body(
     assert "true" == again.headers.get("idempotent-replayed")
     assert (422, "idempotency_key_reused") == (changed.status_code, changed.json()["error"]["code"])
     assert [first.json()["job_id"]] == [j["job_id"] for j in parked()]  # sent once
+
+
+def test_a_key_reused_after_its_lifetime_gets_409_and_never_the_old_jobs_verdict(
+    api: ApiServer, tenant: tuple[str, str], parked: Any, redis_client: redis_lib.Redis
+) -> None:
+    """The key's record lives a day, its job and publish guard a week: a reuse in between must not map to the
+    old job (whose guard would swallow the new one and whose status shows the old verdict)."""
+    name, token = tenant
+    key = str(uuid.uuid4())
+    headers = {**bearer(token), "Idempotency-Key": key}
+    first = httpx.post(
+        f"{api.url}/v1/moderations", json={"source": f"s3://{BUCKET}/old.jpg", "model": PARKED_MODEL}, headers=headers
+    )
+    assert 202 == first.status_code
+    job_id = first.json()["job_id"]
+    redis_client.delete(idempotency_key(name, key))  # a day later: the key's record expired, the job's did not
+    redis_client.hset(job_key(job_id), "enqueued_at", time.time() - 25 * 3600)
+    reused = httpx.post(
+        f"{api.url}/v1/moderations", json={"source": f"s3://{BUCKET}/new.jpg", "model": PARKED_MODEL}, headers=headers
+    )
+    assert (409, "idempotency_key_expired") == (reused.status_code, reused.json()["error"]["code"])
+    assert job_id in reused.json()["error"]["message"]
+    assert [job_id] == [j["job_id"] for j in parked()]  # nothing new sent under the old id
+    fresh = httpx.post(
+        f"{api.url}/v1/moderations",
+        json={"source": f"s3://{BUCKET}/new.jpg", "model": PARKED_MODEL},
+        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert 202 == fresh.status_code and fresh.json()["job_id"] != job_id
+
+
+def test_a_key_reused_after_its_finished_job_outlived_it_gets_409(
+    api: ApiServer, tenant: tuple[str, str], parked: Any, redis_client: redis_lib.Redis
+) -> None:
+    """The issue's case: the first job completed 25 h ago; its compact record (and guard) lives a week."""
+    name, token = tenant
+    key = str(uuid.uuid4())
+    old_job = keyed_job_id(name, key)
+    finished_ms = int((time.time() - 25 * 3600) * 1000)
+    redis_client.hset(job_key(old_job), mapping={"state": "completed", "stream_id": f"{finished_ms}-0", "tenant": name})
+    redis_client.expire(job_key(old_job), 3600)
+    body = {"source": f"s3://{BUCKET}/new.jpg", "model": PARKED_MODEL}
+    reused = httpx.post(f"{api.url}/v1/moderations", json=body, headers={**bearer(token), "Idempotency-Key": key})
+    assert (409, "idempotency_key_expired") == (reused.status_code, reused.json()["error"]["code"])
+    assert [] == parked()
+
+
+def test_a_retry_after_a_crash_between_enqueue_and_answer_gets_the_same_job_sent_once(
+    api: ApiServer, tenant: tuple[str, str], parked: Any, redis_client: redis_lib.Redis
+) -> None:
+    name, token = tenant
+    key = str(uuid.uuid4())
+    headers = {**bearer(token), "Idempotency-Key": key}
+    body = {"source": f"s3://{BUCKET}/crash.jpg", "model": PARKED_MODEL}
+    first = httpx.post(f"{api.url}/v1/moderations", json=body, headers=headers)
+    redis_client.delete(idempotency_key(name, key))  # the API died before storing its answer; the pending claim expired
+    again = httpx.post(f"{api.url}/v1/moderations", json=body, headers=headers)
+    assert (202, first.json()["job_id"]) == (again.status_code, again.json()["job_id"])
+    assert [first.json()["job_id"]] == [j["job_id"] for j in parked()]
 
 
 def test_a_request_repeated_while_the_first_is_still_running_gets_409(

@@ -25,7 +25,7 @@ from producers.backfill.status import backfill_status
 from producers.broker import JobQueue
 from producers.events import wait_for
 from schemas.job import ImageRef, ModerationJob, Priority
-from schemas.keys import OPEN_JOBS, job_key, queue_name
+from schemas.keys import job_key, open_jobs_key, queue_name
 from schemas.models import DEFAULT_MODEL, get_model
 from schemas.settings import Settings
 from tests import images
@@ -225,11 +225,11 @@ def test_one_batch_is_one_transaction_holding_the_jobs_records_messages_and_curs
         job_queue.send_many(jobs, queue=private_queue, also=broken)
     assert 0 == redis_client.llen(private_queue)
     assert not any(redis_client.exists(job_key(j.job_id)) for j in jobs)
-    assert all(redis_client.zscore(OPEN_JOBS, j.job_id) is None for j in jobs)
+    assert all(redis_client.zscore(open_jobs_key(private_queue), j.job_id) is None for j in jobs)
 
     job_queue.send_many(jobs, queue=private_queue)
     assert [j.job_id for j in jobs] == [m["job_id"] for m in queued_jobs(redis_client, private_queue)]
-    assert all(redis_client.zscore(OPEN_JOBS, j.job_id) is not None for j in jobs)
+    assert all(redis_client.zscore(open_jobs_key(private_queue), j.job_id) is not None for j in jobs)
 
 
 def test_a_backfill_killed_with_sigkill_resumes_from_its_checkpoint_without_duplicates(

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from producers.events import last_id, wait_for
+from producers.jobstatus import read_job
 from schemas.events import EventType, event_id
 from schemas.job import ImageRef, ModerationJob
-from schemas.keys import TASK_MODERATE, job_key
+from schemas.keys import JOB_FINISHED_FIELDS, TASK_MODERATE, VERDICT_STREAM, job_key
 from schemas.policy import Policy
 from schemas.taxonomy import PromptVersion
 from tests import images
@@ -191,9 +192,17 @@ def test_unknown_model_and_unknown_policy_fail_at_once_with_their_codes(runner: 
     assert other.data.error is not None and other.data.error.code == "model_unknown"
 
 
-def test_job_status_records_the_terminal_event(runner: Runner, s3_client: Any, redis_client: Any) -> None:
+def test_a_finished_job_keeps_a_compact_record_pointing_at_its_event(
+    runner: Runner, s3_client: Any, redis_client: Any
+) -> None:
+    """Status and dedupe need only this; the event itself lives in the stream (and the sinks), not in the hash."""
     j = job(put(s3_client, images.solid()))
     event = runner.one(j)
-    state = redis_client.hgetall(job_key(j.job_id))
-    assert state[b"state"] == b"completed"
-    assert event.id == json.loads(state[b"event"])["id"]
+    state = {k.decode(): v.decode() for k, v in redis_client.hgetall(job_key(j.job_id)).items()}
+    assert "completed" == state["state"]
+    assert set(state) <= set(JOB_FINISHED_FIELDS)
+    [(_, fields)] = redis_client.xrange(VERDICT_STREAM, state["stream_id"], state["stream_id"])
+    assert event.id == json.loads(fields[b"event"])["id"]
+    view = read_job(redis_client, j.job_id)
+    assert view is not None and view.event is not None and event.id == view.event["id"]
+    assert redis_client.memory_usage(job_key(j.job_id)) <= 300  # bytes, key and value (Redis' own estimate)

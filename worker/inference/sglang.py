@@ -210,7 +210,9 @@ class SGLangBackend:
                 code=ErrorCode.INFERENCE_UNAVAILABLE,
                 retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
             )
-        raise PermanentError(f"SGLang rejected the request ({status}): {detail}", code=ErrorCode.INFERENCE_REJECTED)
+        raise PermanentError(
+            f"SGLang rejected the request ({status}): {detail}", code=ErrorCode.INFERENCE_REJECTED, status=status
+        )
 
     def _result(self, payload: dict[str, Any], request: InferenceRequest) -> InferenceResult:
         try:

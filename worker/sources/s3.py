@@ -6,13 +6,32 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
 
-from schemas.errors import ErrorCode, PermanentError, TransientError
+from schemas.errors import ErrorCode, PermanentError, TransientError, WorkerFault
 from schemas.settings import Settings
 
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+# The worker's own setup is wrong, whatever the object: every job would fail the same way (worker/faults.py).
+_WORKER_FAULTS = {
+    "InvalidAccessKeyId": "s3_credentials",
+    "SignatureDoesNotMatch": "s3_credentials",
+    "ExpiredToken": "s3_credentials",
+    "InvalidToken": "s3_credentials",
+    "TokenRefreshRequired": "s3_credentials",
+    "InvalidClientTokenId": "s3_credentials",
+    "RequestTimeTooSkewed": "clock_skew",
+    "AuthorizationHeaderMalformed": "s3_region",
+}
+_CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, NoRegionError)
 _TOO_LARGE_CODES = {"InvalidRange"}
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
 
@@ -34,6 +53,9 @@ def map_client_error(exc: ClientError, where: str) -> Exception:
     """Translate a botocore error into guardq's permanent/transient tree."""
     code = str(exc.response.get("Error", {}).get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in _WORKER_FAULTS:
+        message = str(exc.response.get("Error", {}).get("Message", "") or code)
+        return WorkerFault(f"S3 refuses this worker ({code}: {message}) reading {where}", cause=_WORKER_FAULTS[code])
     if code in _NOT_FOUND or status == 404:
         return PermanentError(f"{where} does not exist", code=ErrorCode.NOT_FOUND)
     if code in _DENIED or status == 403:
@@ -76,6 +98,8 @@ class S3Fetcher:
             body.close()
         except ClientError as exc:
             raise map_client_error(exc, where) from None
+        except _CREDENTIAL_ERRORS as exc:
+            raise WorkerFault(f"S3 credentials of this worker are unusable: {exc}", cause="s3_credentials") from None
         except BotoCoreError as exc:
             raise TransientError(f"S3 unreachable for {where}: {exc}", code=ErrorCode.FETCH_FAILED) from None
         if len(data) > self._max_bytes:
