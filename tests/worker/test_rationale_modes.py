@@ -102,3 +102,20 @@ def test_a_continuation_cut_by_the_budget_keeps_the_verdict_and_marks_the_ration
         client.close()
     assert ("Unsafe", True) == (verdict.rating, verdict.rationale_truncated)
     assert verdict.rationale
+
+
+def test_a_verdict_text_the_prefix_cannot_be_rebuilt_from_falls_back_to_one_pass(
+    greedy: SGLangBackend, sim: SimulatedSGLang, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.inference.sglang as module
+    from worker.inference.output import InvalidModelOutput
+
+    def refuse(_text: str) -> tuple[str, str]:
+        raise InvalidModelOutput("no prefix")
+
+    monkeypatch.setattr(module, "rationale_prefix", refuse)
+    result = greedy.infer(request(RED, flagged_only=True))
+    assert ("Unsafe", "The image is predominantly red (simulated O2).") == (result.verdict.rating, result.verdict.rationale)
+    assert ["rating", "category", "rationale"] == list(
+        sim.chat_requests()[-1]["body"]["response_format"]["json_schema"]["schema"]["properties"]
+    )

@@ -136,7 +136,14 @@ class SGLangBackend:
         first = self.infer(verdict_request)
         if not request.flagged(first.verdict):
             return replace(first, extra={**first.extra, "rationale_step": "skipped"})
-        prefix, closing = rationale_prefix(first.raw_text)
+        try:
+            prefix, closing = rationale_prefix(first.raw_text)
+        except InvalidModelOutput as exc:  # text around the object the prefix cannot be rebuilt from: one pass
+            log.warning("rationale_continuation_unavailable", error=exc.message)
+            one_pass = replace(request, flagged_only=False)
+            return self._with_retries(
+                request.rid, lambda rid: self._result(self._post(self.build_body(one_pass) | {"rid": rid}), one_pass)
+            )
         budget = self._settings.max_new_tokens - (first.completion_tokens or 0)
         verdict_body = self.build_body(verdict_request)
 

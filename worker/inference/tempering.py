@@ -53,7 +53,7 @@ def probe_body(temperature: float, rid: str) -> dict[str, Any]:
         "temperature": temperature,
         "max_tokens": 1,
         "logprobs": True,
-        "top_logprobs": 5,
+        "top_logprobs": 10,  # the real server merges candidates with the same text: 5 asked gave 2 back
         "rid": rid,
     }
 
