@@ -144,6 +144,10 @@ def run(
         )
         typer.echo(f"guardq worker: {where} after {ready_timeout:g}s", err=True)
         raise typer.Exit(3)
+    if settings.backend == "sglang" and settings.scores:
+        from worker.runtime import get_runtime
+
+        get_runtime().backend.probe_logprobs()  # type: ignore[attr-defined]  # before any job: jobs never wait for it
     from worker.app import app
 
     node = hostname or f"guardq-{os.getpid()}@{socket.gethostname()}"

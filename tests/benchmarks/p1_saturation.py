@@ -133,14 +133,15 @@ def _one(svc: Any, workdir: Path, c: int, mode: str) -> list[Figure]:
         n = max(6 * c, 480)  # several waves of the server's batch, so ramp-up and drain stay a small share
         env = svc.env(sim.url, GUARDQ_SCORES="true")  # production defaults: no GUARDQ_WORKER_CONCURRENCY
         settings = settings_from(env)
-        bodies = request_bodies(sim.url, distinct_jpegs(n, seed=c))
+        seed = c + (0 if mode == "fixed" else 50_000)  # distinct images per run: no verdict-cache hit between runs
+        bodies = request_bodies(sim.url, distinct_jpegs(n, seed=seed))
         direct = {k: asyncio.run(direct_client(sim.url, bodies, k)) for k in (c, math.ceil(1.25 * c))}
         best_k, best = max(direct.items(), key=lambda kv: kv[1])
         sim.reset()
         sim = _reconfigure(sim, c, mode)
         queue = JobQueue(settings)
         with worker(env, workdir / f"{mode}-c{c}", name=f"p1-{mode}-c{c}"):
-            wall, seen = run_jobs(queue, upload_jobs(settings, distinct_jpegs(n, seed=c + 1000)), 600)
+            wall, seen = run_jobs(queue, upload_jobs(settings, distinct_jpegs(n, seed=seed + 1000)), 600)
             peak = sim.peak_running, sim.peak_waiting
         queue.close()
         assert seen == n, f"only {seen}/{n} events"

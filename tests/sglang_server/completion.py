@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,26 @@ class Style:
 
 
 TEMPLATE_TOKENS = 59  # the chat template's system prompt and "USER: ": shared by every request (real: 59 cached)
+
+
+class RadixStandIn:
+    """SGLang's radix cache, as far as the cached-token count goes: a bounded LRU of (image, policy) prompts; a
+    prompt seen before is computed up to its policy, a new one shares only the template. Caller holds the lock."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._size = size
+
+    def remember(self, key: str, body: dict[str, Any]) -> int:
+        parts = body["messages"][0]["content"]
+        policy = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
+        shared = TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(policy))
+        hit = key in self._seen
+        self._seen[key] = shared
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return shared if hit else TEMPLATE_TOKENS
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:

@@ -26,14 +26,48 @@ from PIL import Image
 
 RATIONALE_HARD_MAX = 4000  # a schema without maxLength: bounded anyway so the test server cannot run away
 MASKED = -3.4028234663852886e38  # float32's minimum: what SGLang reports for a grammar-masked candidate
-MASKED_FILL = ["</s>", "<unk>", "!", "<s>", "#", "$", "%", "&", "'", "(", ")", "*", "+", "-", ".", "/", "0", "1",
-               "2", "3", "4", "5", "6", "7", "8", "9", ";", "<", "=", ">"]  # enough for top_logprobs=20
+MASKED_FILL = [
+    "</s>",
+    "<unk>",
+    "!",
+    "<s>",
+    "#",
+    "$",
+    "%",
+    "&",
+    "'",
+    "(",
+    ")",
+    "*",
+    "+",
+    "-",
+    ".",
+    "/",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    ";",
+    "<",
+    "=",
+    ">",
+]  # enough for top_logprobs=20
 # First pieces the grammar allows at the rating value and how the model's mass splits over them (the real
 # tokenizer offered S, Safe, Un, U, Uns, Unsafe there). More than 5 allowed pieces: top_logprobs=5 truncates.
-RATING_PIECES = {"Safe": [("S", 0.80), ("Safe", 0.15), ("Sa", 0.05)], "Unsafe": [("Un", 0.7), ("U", 0.12),
-                 ("Uns", 0.1), ("Unsafe", 0.08)]}
-RATING_TAIL = {"Safe": {"S": ["afe"], "Safe": [], "Sa": ["fe"]}, "Unsafe": {"Un": ["safe"], "U": ["n", "safe"],
-               "Uns": ["afe"], "Unsafe": []}}
+RATING_PIECES = {
+    "Safe": [("S", 0.80), ("Safe", 0.15), ("Sa", 0.05)],
+    "Unsafe": [("Un", 0.7), ("U", 0.12), ("Uns", 0.1), ("Unsafe", 0.08)],
+}
+RATING_TAIL = {
+    "Safe": {"S": ["afe"], "Safe": [], "Sa": ["fe"]},
+    "Unsafe": {"Un": ["safe"], "U": ["n", "safe"], "Uns": ["afe"], "Unsafe": []},
+}
 # An unconstrained first token (the tempering probe, or text without a schema): fixed logits.
 FREE_LOGITS = [("Safe", 0.0), ("The", -0.7), ("Un", -1.3), ("Yes", -2.1), ("No", -2.6), ("I", -3.2)]
 
@@ -97,7 +131,9 @@ def json_string(value: str) -> str:
 
 def verdict_text(rating: str, category: str, rationale: str | None, *, layout: str = "compact") -> str:
     """The verdict object in the real server's layout (``compact``) or the trained one (``indent4``)."""
-    fields = [("rating", rating), ("category", category)] + ([("rationale", rationale)] if rationale is not None else [])
+    fields = [("rating", rating), ("category", category)] + (
+        [("rationale", rationale)] if rationale is not None else []
+    )
     if layout == "indent4":
         inner = ",\n".join(f"    {json_string(k)}: {json_string(v)}" for k, v in fields)
         return "{\n" + inner + "\n}"
@@ -152,8 +188,29 @@ def verdict_tokens(content: str, rating: str, first_piece: str) -> list[str]:
     return tokens(content[:head]) + pieces + tokens(content[head + len(rating) :])
 
 
-FREE_WORDS = ["image", " the", "ing", " a", "Source", " sort", "ed", " of", "Delegate", " is", "er", " to", "al",
-              " success", "s", " in", "ly", " and", "ValueError", " on", "frame"]
+FREE_WORDS = [
+    "image",
+    " the",
+    "ing",
+    " a",
+    "Source",
+    " sort",
+    "ed",
+    " of",
+    "Delegate",
+    " is",
+    "er",
+    " to",
+    "al",
+    " success",
+    "s",
+    " in",
+    "ly",
+    " and",
+    "ValueError",
+    " on",
+    "frame",
+]
 
 
 def logprobs_for(
@@ -182,11 +239,21 @@ def logprobs_for(
         elif index == rating_at:
             chosen = next(lp for t, lp in rating if t == token)
             content.append(
-                {"token": token, "logprob": chosen, "bytes": list(token.encode()), "top_logprobs": _padded(rating, top_n)}
+                {
+                    "token": token,
+                    "logprob": chosen,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": _padded(rating, top_n),
+                }
             )
         else:
             content.append(
-                {"token": token, "logprob": 0.0, "bytes": list(token.encode()), "top_logprobs": _padded([(token, 0.0)], top_n)}
+                {
+                    "token": token,
+                    "logprob": 0.0,
+                    "bytes": list(token.encode()),
+                    "top_logprobs": _padded([(token, 0.0)], top_n),
+                }
             )
     return {"content": content}
 
@@ -200,5 +267,10 @@ def free_logprobs(temperature: float, original: bool, top_n: int) -> tuple[str, 
     reported = temper([z - norm for z in raw], temperature, original)
     pairs = list(zip(names, reported, strict=True))
     token = pairs[0][0]
-    entry = {"token": token, "logprob": pairs[0][1], "bytes": list(token.encode()), "top_logprobs": _padded(pairs, top_n)}
+    entry = {
+        "token": token,
+        "logprob": pairs[0][1],
+        "bytes": list(token.encode()),
+        "top_logprobs": _padded(pairs, top_n),
+    }
     return token, {"content": [entry]}

@@ -23,7 +23,7 @@ import random
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -31,9 +31,8 @@ from typing import Any
 from PIL import Image, ImageStat
 
 from tests.sglang_server import observability
-from tests.sglang_server.completion import Decision, Style, build, prompt_tokens
+from tests.sglang_server.completion import Decision, RadixStandIn, Style, build, prompt_tokens
 from tests.sglang_server.protocol import check_request, summary
-from tests.sglang_server.protocol import tokens as tokenize
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
 
@@ -100,7 +99,7 @@ class SimulatedSGLang:
         self.peak_waiting = 0
         self.tokens_in_use = 0
         self.in_flight_rids: set[str] = set()
-        self.radix: OrderedDict[str, int] = OrderedDict()  # prompt prefixes seen (image + policy) → their tokens
+        self.radix = RadixStandIn()  # prompt prefixes seen (image + policy) and their tokens
         self._slots: threading.BoundedSemaphore | None = None
         handler = type("Handler", (_Handler,), {"sim": self})
         self.httpd = _Server((host, port), handler)
@@ -154,18 +153,8 @@ class SimulatedSGLang:
 
     def remember_prefix(self, key: str, body: dict[str, Any]) -> int:
         """Like SGLang's radix cache: tokens of this prompt already computed (the shared template at least)."""
-        from tests.sglang_server.completion import IMAGE_TOKENS, TEMPLATE_TOKENS
-
-        parts = body["messages"][0]["content"]
-        policy = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
-        shared = TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(policy))
         with self.lock:
-            hit = key in self.radix
-            self.radix[key] = shared
-            self.radix.move_to_end(key)
-            while len(self.radix) > 4096:
-                self.radix.popitem(last=False)
-        return shared if hit else TEMPLATE_TOKENS
+            return self.radix.remember(key, body)
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """Moderation requests (those with a response format), in arrival order."""
@@ -312,7 +301,13 @@ class _Handler(BaseHTTPRequestHandler):
             duplicate = rid is not None and rid in self.sim.in_flight_rids
             if rid is not None and not duplicate:
                 self.sim.in_flight_rids.add(rid)
-            fault = self.sim.behaviour.faults.popleft() if self.sim.behaviour.faults and not duplicate else None
+            # queued faults are for moderation requests (with a response format), not the worker's logprob probes
+            moderation = isinstance(body, dict) and body.get("response_format") is not None
+            fault = (
+                self.sim.behaviour.faults.popleft()
+                if self.sim.behaviour.faults and moderation and not duplicate
+                else None
+            )
         if duplicate:
             self._error(400, f"Duplicate request ID detected: {rid}")  # what 0.5.17 answers a rid already in flight
             return

@@ -31,7 +31,9 @@ def plan_for(model: str, gpus: list[str], **settings: object):  # type: ignore[n
 def worker_line(node: str, gpu: str, port: int, metrics: int, model: str, concurrency: int | None = None) -> str:
     fixed = f" --concurrency {concurrency}" if concurrency is not None else ""  # none: sized from the server's queue
     return (
-        f"GUARDQ_GPU={gpu} GUARDQ_METRICS_PORT={metrics} {PY} -m worker --hostname {node}@node1 "
+        # a launched server reports untempered logprobs (SERVER_ENV): its worker is told so instead of probing
+        f"GUARDQ_GPU={gpu} GUARDQ_METRICS_PORT={metrics} GUARDQ_SGLANG_LOGPROBS=original {PY} -m worker "
+        f"--hostname {node}@node1 "
         f"--sglang-url http://127.0.0.1:{port} --model {model}{fixed} --ready-timeout 1800"
     )
 

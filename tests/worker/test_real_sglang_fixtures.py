@@ -122,3 +122,39 @@ def test_a_real_output_cut_at_max_tokens_keeps_its_verdict() -> None:
 def test_a_complete_real_output_with_control_characters_parses() -> None:
     text = '{"rating": "Safe", "category": "NA: None applying", "rationale": "Delegate\u0005ind image\u001a sort"}'
     assert "Delegate\u0005ind image\u001a sort" == parse_verdict(text).rationale
+
+
+def test_jobs_never_wait_for_the_tempering_probe() -> None:
+    """Behind a full batch the probe queues like any request; jobs use the last answer meanwhile (found when a
+    saturated test server stalled every worker thread on the first probe)."""
+    import threading
+    import time
+
+    from worker.inference.tempering import LogprobKindCache
+
+    release = threading.Event()
+    answers = iter([fixture("probe_T1_0.json"), fixture("probe_T0_25.json")])
+
+    def slow_post(_body: dict[str, Any]) -> dict[str, Any]:
+        release.wait(5)
+        return next(answers)
+
+    cache = LogprobKindCache("auto", slow_post)
+    started = time.monotonic()
+    assert "tempered" == cache.kind()  # SGLang's default while the probe is out
+    assert time.monotonic() - started < 0.5
+    assert cache.known is None
+    release.set()
+    deadline = time.monotonic() + 5
+    while cache.known is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "tempered" == cache.known  # what the real server's probe answers said
+
+
+def test_the_worker_probes_before_it_takes_jobs_and_a_configured_kind_needs_no_probe() -> None:
+    from worker.inference.tempering import LogprobKindCache
+
+    answers = iter([fixture("probe_T1_0.json"), fixture("probe_T0_25.json")])
+    assert "tempered" == LogprobKindCache("auto", lambda _b: next(answers)).probe_now()
+    never = LogprobKindCache("original", lambda _b: pytest.fail("probed"))  # type: ignore[arg-type,return-value]
+    assert ("original", "original") == (never.probe_now(), never.kind())

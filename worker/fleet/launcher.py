@@ -135,7 +135,8 @@ def worker_command(
         f"{settings.sglang_ready_timeout_s:g}",
     ]
     env = {"GUARDQ_METRICS_PORT": str(metrics)}
-    if gpus:
+    if gpus:  # its server was started with SERVER_ENV: untempered logprobs, no need to ask
+        env["GUARDQ_SGLANG_LOGPROBS"] = "original"
         env = {"GUARDQ_GPU": ",".join(gpus), **env}
     return Command(argv, env)
 

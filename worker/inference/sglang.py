@@ -304,6 +304,10 @@ class SGLangBackend:
             self._info = described
         return self._info
 
+    def probe_logprobs(self) -> str | None:
+        """Find out (once, before jobs) whether the server's logprobs are tempered; see ``tempering``."""
+        return self._logprobs.probe_now()
+
     def ready(self, timeout_s: float = 5.0) -> bool:
         """True when the server can take requests: ``/ready`` where it exists (newer SGLang), else ``/health``.
 

@@ -78,31 +78,65 @@ def classify(spread_hot: float, spread_cold: float) -> LogprobKind:
 
 
 class LogprobKindCache:
-    """What kind of logprobs one server returns: configured, or probed once and re-checked every ``RECHECK_S``."""
+    """What kind of logprobs one server returns: configured, or probed and re-checked every ``RECHECK_S``.
+
+    Jobs never wait for a probe: behind a full batch the probe's two requests queue like any other (seen on a
+    saturated test server: every worker thread stalled for seven seconds on the first probe). The worker probes
+    once before it consumes (:meth:`probe_now`); later checks run on a thread of their own while jobs use the last
+    answer.
+    """
 
     def __init__(self, configured: str, post: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         self._configured = configured
         self._post = post
         self._kind: LogprobKind | None = None
         self._checked_at = -math.inf
-        self._lock = threading.Lock()  # one probe at a time; the worker's other threads wait for its answer
+        self._lock = threading.Lock()  # guards the fields; never held while a probe runs
+        self._probing = False
+
+    @property
+    def known(self) -> LogprobKind | None:
+        return self._configured if self._configured in ("tempered", "original") else self._kind  # type: ignore[return-value]
 
     def kind(self) -> LogprobKind:
+        """The current answer, without waiting; a stale or missing one starts a probe in the background."""
         if self._configured in ("tempered", "original"):
             return self._configured  # type: ignore[return-value]
         with self._lock:
+            due = not self._probing and time.monotonic() - self._checked_at > RECHECK_S
+            if due:
+                self._probing = True
+        if due:
+            threading.Thread(target=self._refresh, name="guardq-logprob-probe", daemon=True).start()
+        # Until a probe answers: SGLang's default, what a server runs with unless someone set the variable.
+        return self._kind or "tempered"
+
+    def probe_now(self) -> LogprobKind | None:
+        """Probe in the caller's thread (the worker's start, before it takes jobs); None when inconclusive."""
+        if self._configured in ("tempered", "original"):
+            return self.known
+        with self._lock:
+            if self._probing:
+                return self._kind
+            self._probing = True
+        self._refresh()
+        return self._kind
+
+    def _refresh(self) -> None:
+        try:
+            probed = self._probe()
+        except Exception as exc:  # a probe must never take a job down with it
+            log.warning("sglang_logprob_probe_failed", error=repr(exc))
+            probed = None
+        with self._lock:
             now = time.monotonic()
-            if self._kind is None or now - self._checked_at > RECHECK_S:
-                probed = self._probe()
-                # an inconclusive probe (server busy or down) is asked again sooner, but never per job
-                self._checked_at = now if probed is not None else now - RECHECK_S + RETRY_S
-                if probed is not None:
-                    if probed != self._kind:
-                        log.info("sglang_logprobs_probed", kind=probed)
-                    self._kind = probed
-            # Until a probe answers: SGLang's default, which is what a server runs with unless someone set the
-            # environment variable.
-            return self._kind or "tempered"
+            # an inconclusive probe (server busy or down) is asked again sooner, but never per job
+            self._checked_at = now if probed is not None else now - RECHECK_S + RETRY_S
+            if probed is not None:
+                if probed != self._kind:
+                    log.info("sglang_logprobs_probed", kind=probed)
+                self._kind = probed
+            self._probing = False
 
     def _probe(self) -> LogprobKind | None:
         spreads = []
