@@ -76,6 +76,7 @@ class Behaviour:
     control_chars: bool = False  # raw control characters in rambling rationales, as xgrammar let through
     health_s: float = 0.0  # a real /health waits at least 1 s for the scheduler; tests keep it instant by default
     cache_report: bool = False  # --enable-cache-report: usage.prompt_tokens_details.cached_tokens in responses
+    keepalive_s: float = 5.0  # uvicorn's keep-alive timeout in SGLang
     max_total_tokens: int = 215_000  # the KV pool (what token_usage is a fraction of); ~ the H200's at 0.85
 
 
@@ -156,23 +157,18 @@ class SimulatedSGLang:
         with self.lock:
             return self.radix.remember(key, body)
 
+    def _chats(self, *, moderation: bool) -> list[dict[str, Any]]:
+        with self.lock:
+            chats = [r for r in self.requests if r["path"] == "/v1/chat/completions"]
+        return [r for r in chats if (r.get("body", {}).get("response_format") is not None) is moderation]
+
     def chat_requests(self) -> list[dict[str, Any]]:
         """Moderation requests (those with a response format), in arrival order."""
-        with self.lock:
-            return [
-                r
-                for r in self.requests
-                if r["path"] == "/v1/chat/completions" and r.get("body", {}).get("response_format") is not None
-            ]
+        return self._chats(moderation=True)
 
     def probe_requests(self) -> list[dict[str, Any]]:
         """Requests without a response format: the worker's logprob probes (worker.inference.tempering)."""
-        with self.lock:
-            return [
-                r
-                for r in self.requests
-                if r["path"] == "/v1/chat/completions" and r.get("body", {}).get("response_format") is None
-            ]
+        return self._chats(moderation=False)
 
     # --- the model ------------------------------------------------------------------------------------------
     def decide(self, image: Image.Image) -> tuple[str, str, str, float]:
@@ -190,15 +186,26 @@ class _Handler(BaseHTTPRequestHandler):
     sim: SimulatedSGLang
     protocol_version = "HTTP/1.1"
     server_version = "SimulatedSGLang/0.5"
-    timeout = 5  # like SGLang's uvicorn (SGLANG_TIMEOUT_KEEP_ALIVE): an idle keep-alive connection closes after 5 s
 
     def log_message(self, format: str, *args: Any) -> None:
         return
 
     def setup(self) -> None:
         super().setup()
+        self._served = 0
         with self.sim.lock:
             self.sim.connections.add(self.connection)
+
+    def handle_one_request(self) -> None:
+        """Like SGLang's uvicorn (``SGLANG_TIMEOUT_KEEP_ALIVE``): a kept-alive connection that sends no new request
+        within ``keepalive_s`` (5 s) is closed; a request being read or served has no such limit."""
+        self.connection.settimeout(self.sim.behaviour.keepalive_s if self._served else None)
+        super().handle_one_request()
+        self._served += 1
+
+    def parse_request(self) -> bool:
+        self.connection.settimeout(None)  # the request line arrived: the idle limit is over
+        return bool(super().parse_request())
 
     def finish(self) -> None:
         with self.sim.lock:
