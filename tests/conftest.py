@@ -22,10 +22,17 @@ from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import ModerationJob
 from schemas.settings import Settings
-from tests.services.procs import Service, start_redis, start_seaweed, start_worker
+from tests.services.procs import Service, start_redis, start_seaweed, start_worker, stop_leftovers
 from tests.sglang_server import SimulatedSGLang
 
 BUCKET = "guardq-test"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No worker, server or store outlives the test session (each one is ~100 MB; a run used to leave dozens)."""
+    left = stop_leftovers()
+    if left:
+        print(f"\n[guardq tests] stopped {left} process(es) a test left running", flush=True)
 
 
 def image_bytes(

@@ -94,6 +94,9 @@ class Cluster:
 
     def start_worker(self, name: str, **env: str) -> Service:
         """Start worker ``name``; ``env`` overrides this one worker's variables (a misconfigured worker)."""
+        previous = self.workers.pop(name, None)
+        if previous is not None:  # restarted under the same name: the old process must not be left running
+            previous.stop()
         self.workers[name] = start_worker(self.env | env, self.workdir / "workers", name=name)
         return self.workers[name]
 

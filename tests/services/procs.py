@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -62,6 +63,50 @@ def wait_until(
     raise TimeoutError(f"{what} not ready after {timeout_s}s")
 
 
+# Every process a test session starts, so none outlives it (a failed start, a test that forgets to stop a
+# worker, a worker restarted under a name still in use): ``stop_leftovers`` at the session's end (conftest).
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    _STARTED.append(proc)
+    return proc
+
+
+def stop_leftovers() -> int:
+    """SIGKILL (the whole process group where it has its own) every tracked process still running; how many."""
+    left = [p for p in _STARTED if p.poll() is None]
+    for proc in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+    for proc in left:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+    _STARTED.clear()
+    return len(left) + _kill_children()
+
+
+def _kill_children() -> int:
+    """Processes this one started that are still running but nobody tracked (a test's own Popen)."""
+    me, killed = os.getpid(), 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            pid = int(entry.name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
+
+
 @dataclass
 class Service:
     proc: subprocess.Popen[bytes]
@@ -69,6 +114,9 @@ class Service:
     workdir: Path
     log: Path
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        track(self.proc)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
         if self.proc.poll() is None:
@@ -197,5 +245,9 @@ def start_worker(
         start_new_session=True,
     )
     service = Service(proc, hostname, workdir, log)
-    wait_until(lambda: " ready." in log.read_text(errors="replace"), timeout_s, f"worker {name}", proc)
+    try:
+        wait_until(lambda: " ready." in log.read_text(errors="replace"), timeout_s, f"worker {name}", proc)
+    except BaseException:
+        service.stop(signal.SIGKILL, timeout_s=5)
+        raise
     return service
