@@ -18,12 +18,12 @@ import redis as redis_lib
 from PIL import Image
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import ModerationJob
 from schemas.settings import Settings
 from tests.services.procs import Service, start_redis, start_seaweed, start_worker
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id, wait_for
 
 BUCKET = "guardq-test"
 

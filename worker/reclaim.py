@@ -41,16 +41,12 @@ import structlog
 
 from schemas.keys import RECLAIM_LOCK, RECLAIM_SUSPECTS, UNACKED_OWNERS
 from worker.liveness import Liveness, node_of
+from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.reclaim")
 AUDIT_EVERY_S = 15.0
 UNACKED = "unacked"  # kombu's hash of reserved messages (delivery tag -> [message, exchange, routing key])
 Restore = Callable[[Sequence[str]], None]  # put these delivery tags back on their queues (kombu restore_by_tag)
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Reclaimer:
@@ -78,7 +74,7 @@ class Reclaimer:
         self._owners = owners_key
         self._lock_ttl = lock_ttl_s
         self._liveness = Liveness(client)
-        self._release = client.register_script(_RELEASE)
+        self._release = Releaser(client)
 
     def sweep(self) -> int:
         """One pass; return how many reserved messages went back to their queues (0 while another worker sweeps)."""
@@ -88,7 +84,7 @@ class Reclaimer:
         try:
             return self._sweep()
         finally:
-            self._release(keys=[self._lock], args=[token])
+            self._release(self._lock, token)
 
     def _sweep(self) -> int:
         owners = self._redis.hgetall(self._owners)

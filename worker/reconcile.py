@@ -46,16 +46,12 @@ from schemas.keys import (
     open_jobs_key,
     terminal_guard_key,
 )
+from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.reconcile")
 UNACKED = "unacked"  # kombu's hash of reserved, unacknowledged messages
 REORDER_S = 2.0  # workers that BRPOP one queue may begin its jobs slightly out of order
 Send = Callable[[dict[str, Any], str, str], object]  # (message, queue, job id)
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def _task_id(envelope: Any) -> str | None:
@@ -105,7 +101,7 @@ class Reconciler:
         self._lock = lock_key
         self._suspects = suspects_key
         self._lock_ttl = lock_ttl_s
-        self._release = client.register_script(_RELEASE)
+        self._release = Releaser(client)
         self.last_examined = 0  # jobs the last sweep looked at (its cost)
 
     def sweep(self, now: float | None = None) -> int:
@@ -122,7 +118,7 @@ class Reconciler:
                 self._also()
             return resent
         finally:
-            self._release(keys=[self._lock], args=[token])
+            self._release(self._lock, token)
 
     def suspects_now(self, now: float) -> dict[str, str | None]:
         """Open jobs that should have been taken by now (job id -> queue), and running ones (job id -> None)."""

@@ -20,9 +20,9 @@ from producers.api.services import (
     job_factory,
 )
 from producers.broker import JobRecord
-from producers.jobstatus import NO_RECORD, read_job
 from schemas.job import ModerationJob, new_job_id
 from schemas.policy import Policy
+from worker.delivery import NO_RECORD, read_job
 
 router = APIRouter(prefix="/v1", tags=["moderations"])
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")

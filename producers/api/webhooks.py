@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from producers.api.auth import Principal
 from producers.api.errors import ApiError
 from producers.api.services import PrincipalDep, Services, ServicesDep
-from producers.webhooks.replay import queue_test_delivery, replay_events
 from schemas.errors import ErrorCode, GuardqError
 from schemas.webhooks import Delivery, Subscription, TenantName, normalize_event_types
+from worker.delivery import queue_test_delivery, replay_events
 
 router = APIRouter(tags=["webhooks"])
 

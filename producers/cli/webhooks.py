@@ -14,11 +14,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from producers.broker import JobQueue
 from producers.cli.common import fail, job_queue, settings
-from producers.webhooks.deliveries import DeliveryStore
-from producers.webhooks.registry import SubscriptionRegistry
-from producers.webhooks.replay import queue_test_delivery, wait_settled
 from schemas.errors import GuardqError
+from worker.delivery import DeliveryStore, SubscriptionRegistry, queue_test_delivery, wait_settled
 
 webhooks_cli = typer.Typer(help="Signed webhooks (Standard Webhooks): subscriptions and the delivery worker.")
 
@@ -117,17 +116,20 @@ def worker(
         os.environ["GUARDQ_WEBHOOK_CONCURRENCY"] = str(concurrency)
         settings.cache_clear()
     cfg = settings()
-    from producers.webhooks.service import DeliveryLoops
     from schemas.logs import configure_logging
+    from worker.delivery import DeliveryLoops
 
     configure_logging(cfg.log_format, cfg.log_level)
     node = name or f"webhooks-{os.getpid()}"
     child = (
-        subprocess.Popen([sys.executable, "-m", "worker.webhooks", f"--hostname={node}@{socket.gethostname()}"])
+        subprocess.Popen(
+            [sys.executable, "-m", "worker.delivery.webhooks", f"--hostname={node}@{socket.gethostname()}"]
+        )
         if deliver
         else None
     )
-    loops = DeliveryLoops(cfg, name=node, dispatch=dispatch)
+    queue = JobQueue(cfg)  # its own clients, closed below: the loops' threads use them
+    loops = DeliveryLoops(cfg, client=queue.redis, celery=queue.celery, name=node, dispatch=dispatch)
     loops.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +143,7 @@ def worker(
             code = 1
             break
     loops.stop()
+    queue.close()
     if child is not None and child.poll() is None:
         child.terminate()
         try:
