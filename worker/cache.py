@@ -26,6 +26,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import redis
@@ -40,10 +41,7 @@ from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.cache")
 
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-return false
-"""
+_TAKE_OVER = Path(__file__).with_name("cache_take_over.lua").read_text()
 LIVENESS_CHECK_S = 1.0  # how often a waiter asks whether the lock's holder still lives
 DAY = 86400
 

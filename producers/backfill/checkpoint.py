@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import redis
 from redis.client import Pipeline
@@ -78,20 +79,13 @@ class BackfillStore:
         return [b.decode() for b in self._redis.zrevrange(BACKFILL_INDEX, 0, count - 1)]
 
 
-_REFRESH = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
-return 0
-"""
-_TAKEOVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return false
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+
+
+def _lua(name: str) -> str:
+    return Path(__file__).with_name(f"checkpoint_lease_{name}.lua").read_text()
+
+
+_REFRESH, _TAKEOVER, _RELEASE = _lua("refresh"), _lua("takeover"), _lua("release")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -36,19 +37,7 @@ from worker.delivery.stream.consumer import Entry, StreamConsumer
 
 log = structlog.get_logger("guardq.results")
 
-_CLAIM = """
-local lines = {}
-for i = 2, #KEYS do
-  if redis.call('HSETNX', KEYS[i], 'results_part', ARGV[1]) == 1 then
-    if redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[2]) end
-    table.insert(lines, ARGV[i + 2])
-  end
-end
-if #lines > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], table.concat(lines, '\\n') .. '\\n', ARGV[1] .. '#ids', ARGV[3])
-end
-return #lines
-"""
+_CLAIM = Path(__file__).with_name("sink_claim.lua").read_text()
 
 
 @dataclass
