@@ -28,10 +28,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis
 import structlog
 
@@ -46,32 +45,12 @@ from schemas.keys import (
     open_jobs_key,
     terminal_guard_key,
 )
+from worker.kombu_compat import reserved_job_ids
 from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.reconcile")
-UNACKED = "unacked"  # kombu's hash of reserved, unacknowledged messages
 REORDER_S = 2.0  # workers that BRPOP one queue may begin its jobs slightly out of order
 Send = Callable[[dict[str, Any], str, str], object]  # (message, queue, job id)
-
-
-def _task_id(envelope: Any) -> str | None:
-    headers = envelope.get("headers") if isinstance(envelope, dict) else None
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    return task_id if isinstance(task_id, str) else None
-
-
-def reserved_ids(values: Iterable[bytes]) -> set[str]:
-    """Task ids of kombu ``unacked`` values (``[envelope, exchange, routing key]``)."""
-    found: set[str] = set()
-    for raw in values:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        task_id = _task_id(value[0] if isinstance(value, list) and value else value)
-        if task_id is not None:
-            found.add(task_id)
-    return found
 
 
 class Reconciler:
@@ -175,7 +154,7 @@ class Reconciler:
             pipe.hmget(job_key(job_id), ["state", "message", "queue"])
             pipe.exists(terminal_guard_key(job_id))
         replies = pipe.execute()
-        reserved = reserved_ids(self._redis.hvals(UNACKED))
+        reserved = reserved_job_ids(self._redis)
         suspects = {k.decode(): float(v) for k, v in self._redis.hgetall(self._suspects).items()}
         missing: set[str] = set()
         resent = 0
