@@ -31,6 +31,7 @@ from schemas.keys import (
     job_key,
     terminal_guard_key,
 )
+from schemas.records import FINISHED_STATES, JobField
 
 
 def _script(*parts: str) -> str:
@@ -76,10 +77,13 @@ class Publisher:
         return bool(self._begin(keys=keys, args=[attempt, worker, self._ttl, job_id, OPEN_JOBS_PREFIX]))
 
     def is_terminal(self, job_id: str) -> bool:
-        state, guarded = self._redis.pipeline(transaction=False).hget(job_key(job_id), "state").exists(
-            terminal_guard_key(job_id)
-        ).execute()
-        return state in {b"completed", b"failed"} or bool(guarded)
+        state, guarded = (
+            self._redis.pipeline(transaction=False)
+            .hget(job_key(job_id), JobField.STATE)
+            .exists(terminal_guard_key(job_id))
+            .execute()
+        )
+        return (state or b"").decode() in FINISHED_STATES or bool(guarded)
 
     def publish(self, event: CloudEvent, *, callback_url: str | None = None) -> str | None:
         """XADD the event unless the job already has a terminal event; return the stream id or None.
@@ -88,7 +92,7 @@ class Publisher:
         dispatcher finds it when it fans the event out: no window in which the event exists without it.
         """
         job_id = event.data.job_id
-        state = "completed" if event.completed else "failed"
+        state = "completed" if event.completed else "failed"  # one of FINISHED_STATES: the guard
         keys = [terminal_guard_key(job_id), self._stream, job_key(job_id), OPEN_JOBS, RUNNING_JOBS]
         min_id = f"{int(time.time() * 1000) - self._max_age_ms}-0" if self._max_age_ms else ""
         args: list[Any] = [

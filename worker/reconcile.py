@@ -45,6 +45,7 @@ from schemas.keys import (
     open_jobs_key,
     terminal_guard_key,
 )
+from schemas.records import FINISHED_STATES, JobField
 from worker.kombu_compat import reserved_job_ids
 from worker.tokenlock import Releaser
 
@@ -129,7 +130,7 @@ class Reconciler:
             return
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(job_key(job_id), "queue")
+            pipe.hget(job_key(job_id), JobField.QUEUE)
             pipe.zscore(OPEN_JOBS, job_id)
         replies = pipe.execute()
         pipe = self._redis.pipeline(transaction=False)
@@ -151,7 +152,7 @@ class Reconciler:
         ids = list(candidates)
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(job_key(job_id), ["state", "message", "queue"])
+            pipe.hmget(job_key(job_id), [JobField.STATE, JobField.MESSAGE, JobField.QUEUE])
             pipe.exists(terminal_guard_key(job_id))
         replies = pipe.execute()
         reserved = reserved_job_ids(self._redis)
@@ -161,7 +162,7 @@ class Reconciler:
         for i, job_id in enumerate(ids):
             (state, message, queue_raw), guarded = replies[2 * i], replies[2 * i + 1]
             queue = queue_raw.decode() if queue_raw is not None else candidates[job_id]
-            if state in {b"completed", b"failed"} or guarded:
+            if (state or b"").decode() in FINISHED_STATES or guarded:
                 self._forget(job_id, queue)
             elif job_id in reserved:
                 continue  # a worker holds it: on its way
@@ -192,7 +193,7 @@ class Reconciler:
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(RUNNING_JOBS, job_id)
         pipe.zadd(open_jobs_key(queue), {job_id: now})  # its new message joins the back of the queue
-        pipe.hincrby(job_key(job_id), "reconciled", 1)
+        pipe.hincrby(job_key(job_id), JobField.RECONCILED, 1)
         pipe.execute()
         self._send(message, queue, job_id)
         log.warning("job_resent", job_id=job_id, queue=queue, missing_since=missing_since)

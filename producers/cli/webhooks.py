@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from producers.broker import JobQueue
 from producers.cli.common import fail, job_queue, settings
 from schemas.errors import GuardqError
+from schemas.records import DeliveryField
+from schemas.webhooks import DeliveryState
 from worker.delivery import DeliveryStore, SubscriptionRegistry, queue_test_delivery, wait_settled
 
 webhooks_cli = typer.Typer(help="Signed webhooks (Standard Webhooks): subscriptions and the delivery worker.")
@@ -85,12 +87,14 @@ def ping(
     except GuardqError as exc:
         fail(str(exc), code=1)
     status = wait_settled(DeliveryStore(queue.redis, settings()), delivery_id, timeout) or {}
-    outcome = {k: status.get(k) for k in ("state", "attempts", "last_status", "last_error")}
+    shown = (DeliveryField.STATE, DeliveryField.ATTEMPTS, DeliveryField.LAST_STATUS, DeliveryField.LAST_ERROR)
+    outcome = {k.value: status.get(k) for k in shown}
     typer.echo(json.dumps({"delivery_id": delivery_id, **outcome}))
-    if status.get("state") != "delivered":
+    state = status.get(DeliveryField.STATE)
+    if state != DeliveryState.DELIVERED:
         fail(
             "test delivery not delivered"
-            + (" (is `guardq webhooks worker` running?)" if status.get("state") == "pending" else ""),
+            + (" (is `guardq webhooks worker` running?)" if state == DeliveryState.PENDING else ""),
             code=1,
         )
 

@@ -17,6 +17,7 @@ import redis
 import structlog
 
 from schemas.keys import job_key
+from schemas.records import JobField
 from schemas.webhooks import Delivery, DeliveryTarget, Subscription
 from worker.delivery.keys import WEBHOOK_DISPATCH_GROUP
 from worker.delivery.stream.consumer import Entry, StreamConsumer
@@ -83,7 +84,7 @@ class Dispatcher:
         lookup = self.redis.pipeline(transaction=False)
         for entry in entries:
             assert entry.event is not None
-            lookup.hget(job_key(entry.event.data.job_id), "callback_url")
+            lookup.hget(job_key(entry.event.data.job_id), JobField.CALLBACK_URL)
         callbacks = lookup.execute()
         tenants_with_callbacks = set()
         write = self.redis.pipeline(transaction=False)

@@ -21,8 +21,16 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode, PermanentError
 from schemas.events import STREAM_FIELD, CloudEvent
 from schemas.keys import VERDICT_STREAM
+from schemas.records import DeliveryField
 from schemas.settings import Settings
-from schemas.webhooks import TEST_EVENT_TYPE, Delivery, DeliveryTarget, Subscription, normalize_event_types
+from schemas.webhooks import (
+    TEST_EVENT_TYPE,
+    Delivery,
+    DeliveryState,
+    DeliveryTarget,
+    Subscription,
+    normalize_event_types,
+)
 from worker.delivery.webhooks.deliveries import DeliveryStore
 from worker.delivery.webhooks.registry import SubscriptionRegistry
 
@@ -155,6 +163,6 @@ def wait_settled(store: DeliveryStore, delivery_id: str, timeout_s: float) -> di
     deadline = time.monotonic() + timeout_s
     while True:
         status = store.status(delivery_id)
-        if status is None or status.get("state") != "pending" or time.monotonic() >= deadline:
+        if status is None or status.get(DeliveryField.STATE) != DeliveryState.PENDING or time.monotonic() >= deadline:
             return status
         time.sleep(0.1)
