@@ -1,4 +1,4 @@
-"""What ``guardq fleet status`` shows, read from Redis only (producers never import the worker).
+"""What ``guardq fleet status`` shows, read from Redis only (producers never import the worker's modules).
 
 Sources: the fleet registry (``schemas.keys.fleet_node_key``: one hash per worker node, written by the worker's
 heartbeat and by the launcher), the Celery queues (Redis lists named by ``schemas.keys.queue_name``) and kombu's
