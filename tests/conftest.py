@@ -122,7 +122,7 @@ def worker_env(redis_url: str, sglang: SimulatedSGLang, s3: Service, session_dir
         "GUARDQ_LOG_FORMAT": "json",
         "GUARDQ_RECONCILE_INTERVAL_S": "0",  # tests share one Redis and plant lost messages on purpose
         # The shared worker runs without the verdict cache: tests here count SGLang requests per job.
-        # tests/delivery/test_verdict_cache_integration.py starts its own worker with the cache on.
+        # tests/worker/test_verdict_cache_integration.py starts its own worker with the cache on.
         "GUARDQ_VERDICT_CACHE_TTL_S": "0",
     }
 
