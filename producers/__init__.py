@@ -1,1 +1,2 @@
-"""Everything that creates moderation jobs: CLI, S3 backfill, HTTP API. Sends tasks by name; never imports worker/."""
+"""Intake: everything that creates moderation jobs (CLI, S3 backfill, HTTP API, the broker message). Sends tasks by
+name; from ``worker/`` it imports only ``worker.delivery``'s public names (docs/architecture.md)."""

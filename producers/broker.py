@@ -16,6 +16,7 @@ from producers.taskmessage import redis_entry
 from schemas.job import ModerationJob
 from schemas.keys import OPEN_QUEUES, job_key, open_jobs_key, queue_name, terminal_guard_key
 from schemas.models import get_model
+from schemas.records import JobField
 from schemas.settings import Settings
 
 
@@ -88,17 +89,17 @@ class JobQueue:
             target = queue or self.queue_for(job)
             key = job_key(job.job_id)
             message = job.to_message()
-            pipe.hsetnx(key, "state", "queued")
+            pipe.hsetnx(key, JobField.STATE, "queued")
             pipe.hset(
                 key,
                 mapping={
-                    "tenant": job.tenant,
-                    "image": str(job.image),
-                    "created_at": job.created_at.isoformat(),
-                    "queue": target,
-                    "enqueued_at": now,
-                    "message": json.dumps(message),  # what a reconciler re-sends if the broker loses the message
-                    **({"backfill_id": job.backfill_id} if job.backfill_id else {}),
+                    JobField.TENANT: job.tenant,
+                    JobField.IMAGE: str(job.image),
+                    JobField.CREATED_AT: job.created_at.isoformat(),
+                    JobField.QUEUE: target,
+                    JobField.ENQUEUED_AT: now,
+                    JobField.MESSAGE: json.dumps(message),  # what a reconciler re-sends if the broker loses it
+                    **({JobField.BACKFILL_ID: job.backfill_id} if job.backfill_id else {}),
                 },
             )
             pipe.expire(key, self.settings.job_ttl_s)
@@ -116,7 +117,7 @@ class JobQueue:
     def record_of(self, job_id: str) -> JobRecord | None:
         """The job this id already names (its record or its terminal guard), or None for an unused id."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hmget(job_key(job_id), ["enqueued_at", "image", "stream_id", "state"])
+        pipe.hmget(job_key(job_id), [JobField.ENQUEUED_AT, JobField.IMAGE, JobField.STREAM_ID, JobField.STATE])
         pipe.exists(terminal_guard_key(job_id))
         (enqueued_at, image, stream_id, state), guarded = pipe.execute()
         if state is None and not guarded:

@@ -1,8 +1,8 @@
-"""What ``guardq fleet status`` shows, read from Redis only (producers never import the worker).
+"""What ``guardq fleet status`` shows, read from Redis only (producers never import the worker's modules).
 
 Sources: the fleet registry (``schemas.keys.fleet_node_key``: one hash per worker node, written by the worker's
 heartbeat and by the launcher), the Celery queues (Redis lists named by ``schemas.keys.queue_name``) and kombu's
-``unacked`` hash (messages reserved by workers and not yet acknowledged).
+``unacked`` hash (``schemas.keys.UNACKED``: messages reserved by workers and not yet acknowledged).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any
 
 import redis
 
-from schemas.keys import FLEET_NODES, fleet_node_key, model_queues
+from schemas.keys import FLEET_NODES, UNACKED, fleet_node_key, model_queues
 from schemas.models import MODELS
 
-UNACKED_KEY = "unacked"  # kombu's Redis transport default (``unacked_key`` transport option)
 FORGET_AFTER_S = 3600.0  # a node silent this long is dropped from the index
 
 
@@ -89,7 +88,7 @@ def queue_depths(client: redis.Redis[bytes], queues: list[str] | None = None) ->
 
 def reserved(client: redis.Redis[bytes]) -> int:
     """Messages delivered to workers and not yet acknowledged (all queues together)."""
-    return int(client.hlen(UNACKED_KEY))
+    return int(client.hlen(UNACKED))
 
 
 def snapshot(client: redis.Redis[bytes], *, all_queues: bool = False) -> dict[str, Any]:

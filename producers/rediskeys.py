@@ -1,6 +1,7 @@
 """Redis key layout of producer-only state (backfills, API keys, rate limits, idempotency, S3 event dedupe).
 
-Keys the worker also reads live in ``schemas/keys.py``; everything here is written and read by producers alone.
+Keys another package also reads live in ``schemas/keys.py`` (the delivery ones in ``worker/delivery/keys.py``);
+everything here is written and read by producers alone (docs/architecture.md says which module owns each).
 """
 
 from __future__ import annotations
@@ -8,11 +9,6 @@ from __future__ import annotations
 import hashlib
 
 from schemas.keys import KEY_PREFIX
-
-
-def backfill_key(backfill_id: str) -> str:
-    """Hash: a backfill's options, checkpoint (last key / manifest position), counters and state."""
-    return f"{KEY_PREFIX}:backfill:{backfill_id}"
 
 
 def backfill_lock_key(backfill_id: str) -> str:
@@ -51,43 +47,10 @@ def s3_event_key(tenant: str, bucket: str, key: str, sequencer: str) -> str:
     return f"{KEY_PREFIX}:s3evt:{digest}"
 
 
-# Dataset mode (producers/dataset/): per-shard records of a backfill, and the per-shard Parquet results.
-def backfill_shards_key(backfill_id: str) -> str:
-    """Hash: shard key -> JSON summary (rows, jobs, skipped, problems), written with the shard's last batch."""
-    return f"{KEY_PREFIX}:backfill:{backfill_id}:shards"
-
-
+# Dataset mode (producers/dataset/); a backfill's shard records are in schemas.keys (the results sink reads them).
 def backfill_shard_tally_key(backfill_id: str) -> str:
     """Hash: ``<shard uri>\\t<completed|failed>`` -> count, kept by the verdict tally."""
     return f"{KEY_PREFIX}:backfill:{backfill_id}:shard-tally"
 
 
-def dataset_unwritten_key(backfill_id: str) -> str:
-    """Set: shard keys fully sent whose results Parquet is not written yet."""
-    return f"{KEY_PREFIX}:dataset:{backfill_id}:unwritten"
-
-
-def dataset_written_key(backfill_id: str) -> str:
-    """Hash: shard key -> JSON of its written results Parquet (object, rows, completed, failed, bytes, sha256)."""
-    return f"{KEY_PREFIX}:dataset:{backfill_id}:written"
-
-
-def dataset_staged_key(backfill_id: str, shard_key: str) -> str:
-    """Hash: job id -> the job's results row (JSON), until its shard's Parquet is written."""
-    digest = hashlib.sha256(shard_key.encode()).hexdigest()[:24]
-    return f"{KEY_PREFIX}:dataset:{backfill_id}:staged:{digest}"
-
-
-def dataset_manifest_key(backfill_id: str) -> str:
-    """Hash: ``seq`` (shards committed), ``written_seq`` (what the manifest object shows), ``complete``."""
-    return f"{KEY_PREFIX}:dataset:{backfill_id}:manifest"
-
-
-def dataset_lock_key(backfill_id: str, name: str) -> str:
-    """String with a TTL: one results sink at a time writes a shard's Parquet (or the manifest)."""
-    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
-    return f"{KEY_PREFIX}:dataset:{backfill_id}:lock:{digest}"
-
-
-DATASET_RESULTS = f"{KEY_PREFIX}:dataset:results"  # hash: backfill id -> JSON {uri, source prefix} (Parquet results)
 DATASET_RESULTS_OWNERS = f"{KEY_PREFIX}:dataset:results-owners"  # hash: results location -> backfill id

@@ -1,12 +1,10 @@
 """The producers' boto3 S3 client (listing, inventory manifests, the upload store, backfill results): one per
-process; and ``s3://bucket/prefix`` locations."""
+process. ``s3://bucket/prefix`` locations are read by ``schemas.s3url``."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
-from schemas.errors import ConfigError
 from schemas.settings import Settings
 
 
@@ -28,13 +26,3 @@ def make_s3_client(settings: Settings, *, max_pool: int = 16) -> Any:
         s3={"addressing_style": settings.s3_addressing_style},
     )
     return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` → ``(bucket, prefix)``; the prefix may be empty (the whole bucket)."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ConfigError(f"{url!r} is not an s3://bucket[/prefix] URL")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{url!r}: an s3:// location takes no ?query or #fragment")
-    return parts.netloc, url.split("://", 1)[1].partition("/")[2]

@@ -5,7 +5,9 @@ Celery builds the message itself (protocol 2 headers, properties and body, via `
 only wraps it the way kombu's Producer and Redis transport do before their ``LPUSH`` (JSON body, base64-encoded;
 ``delivery_info`` with the default exchange and the queue as routing key, which is also where kombu puts a message
 back when a worker dies holding it; a fresh delivery tag; priority 0). A test pins the result to what ``send_task``
-itself writes, so a Celery or kombu upgrade that changes the layout fails loudly.
+itself writes, so a Celery or kombu upgrade that changes the layout fails loudly. It reads no kombu internals (the
+entry is built from Celery's own message and kombu's documented envelope); everything that patches or reads them is
+``worker/kombu_compat.py``, with the version bound (kombu 5.7, as in pyproject.toml) they were checked against.
 """
 
 from __future__ import annotations

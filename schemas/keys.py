@@ -35,6 +35,7 @@ RECONCILE_LOCK = f"{KEY_PREFIX}:reconcile:lock"
 # Messages reserved by a worker that died come back from these within seconds, not after the visibility timeout
 # (worker/reclaim.py). Written by the worker's kombu reservation hook (worker/kombu_compat.py) and its lease.
 UNACKED_OWNERS = f"{KEY_PREFIX}:unacked:owners"  # hash: kombu delivery tag -> incarnation of the reserving worker
+UNACKED = "unacked"  # kombu's hash of reserved messages (its default ``unacked_key``; kombu_compat checks it)
 RECLAIM_LOCK = f"{KEY_PREFIX}:reclaim:lock"  # one worker sweeps at a time
 RECLAIM_SUSPECTS = f"{KEY_PREFIX}:reclaim:suspects"  # hash: incarnation -> Redis time its lease was first missed
 
@@ -52,33 +53,30 @@ def open_jobs_key(queue: str) -> str:
 def job_key(job_id: str) -> str:
     """Hash holding a job's state (queued/running/retrying/completed/failed).
 
-    While open: tenant, image, queue, message, attempts... Once finished it is compacted to what status and dedupe
-    need (``JOB_FINISHED_FIELDS``): the terminal event itself lives in the verdict stream (``stream_id``) and the
-    sinks. ``state`` completed/failed is also the publish guard: a job with it never gets a second event.
+    Its fields are ``schemas.records.JobField``. While open: tenant, image, queue, message, attempts... Once
+    finished it is compacted to what status and dedupe need (``schemas.records.JOB_FINISHED_FIELDS``): the terminal
+    event itself lives in the verdict stream (``stream_id``) and the sinks. ``state`` completed/failed is also the
+    publish guard: a job with it never gets a second event.
     """
     return f"{KEY_PREFIX}:job:{job_id}"
-
-
-# What a finished job's hash keeps (the fields present; the rest only when they apply).
-JOB_FINISHED_FIELDS = (
-    "state",  # completed | failed
-    "stream_id",  # the terminal event's id in the verdict stream
-    "tenant",
-    "attempts",
-    "deliveries",  # only when more than the attempts (a redelivery)
-    "backfill_id",  # bulk jobs: where the results went
-    "worker",  # the node that ran the attempt that ended it
-    "queue",
-    "callback_url",  # the webhook dispatcher reads it
-    "duplicate_deliveries",
-    "reconciled",
-)
 
 
 def terminal_guard_key(job_id: str) -> str:
     """Legacy/fallback guard (a string): set only when a job's hash cannot hold the guard (e.g. ``WRONGTYPE``);
     checked beside the hash's ``state``."""
     return f"{KEY_PREFIX}:job:{job_id}:terminal"
+
+
+def backfill_key(backfill_id: str) -> str:
+    """Hash: a backfill's options, checkpoint (last key / manifest position), counters and state
+    (``schemas.backfill.BackfillRecord``; written by ``producers/backfill``, read by the results sink too)."""
+    return f"{KEY_PREFIX}:backfill:{backfill_id}"
+
+
+def backfill_shards_key(backfill_id: str) -> str:
+    """Hash: shard key -> JSON summary (rows, jobs, skipped, problems), written with the shard's last batch
+    (dataset mode, ``producers/dataset/runner.py``); the results sink reads a shard's ``jobs``."""
+    return f"{KEY_PREFIX}:backfill:{backfill_id}:shards"
 
 
 def policy_key(name: str) -> str:
@@ -101,29 +99,7 @@ def policy_meta_field(version: int | str) -> str:
     return f"meta:{version}"
 
 
-# Delivery to downstream consumers (stream consumers, webhooks, results, verdict cache)
-VERDICT_DLQ_STREAM = "guardq:verdicts.dlq"  # poison entries a consumer group gave up on (`guardq events tail`)
-WEBHOOK_QUEUE = "guardq.webhooks"  # Celery queue of webhook deliveries; never consumed by GPU workers
-TASK_DELIVER_WEBHOOK = "guardq.webhooks.deliver"  # one argument list: [delivery_id, lease]
-WEBHOOK_DISPATCH_GROUP = "guardq.webhooks"  # consumer group on the verdict stream that fans out deliveries
-WEBHOOK_DLQ_STREAM = "guardq:webhooks.dlq"  # deliveries that exhausted their schedule or were refused
-WEBHOOK_SUBSCRIPTIONS = f"{KEY_PREFIX}:webhooks:subscriptions"  # hash: subscription id -> Subscription JSON
-WEBHOOK_DUE = f"{KEY_PREFIX}:webhooks:due"  # sorted set: delivery id scored by the unix time it is due
-RESULTS_GROUP = "guardq.results"  # consumer group of the S3 JSONL results sink
-RESULTS_TARGETS = f"{KEY_PREFIX}:results:targets"  # hash: backfill id -> s3://bucket/prefix
-RESULTS_PENDING = f"{KEY_PREFIX}:results:pending"  # hash: s3:// URI of a part -> its body, written ahead of the PUT
-
-
-def webhook_delivery_key(delivery_id: str) -> str:
-    """Hash of one webhook delivery: its record, the exact body, attempts, state and current lease."""
-    return f"{KEY_PREFIX}:webhooks:delivery:{delivery_id}"
-
-
-def callback_secret_key(tenant: str) -> str:
-    """The ``whsec_`` secret that signs a tenant's per-job ``callback_url`` deliveries."""
-    return f"{KEY_PREFIX}:webhooks:callback-secret:{tenant}"
-
-
+# The verdict cache (worker/cache.py); the delivery keys (webhooks, results) are in worker/delivery/keys.py.
 def verdict_cache_key(model_slug: str, policy_sha256: str, image_sha256: str, variant: str) -> str:
     """The name of the cached verdict for these image bytes under this policy text, model and request variant.
 

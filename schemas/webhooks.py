@@ -1,5 +1,5 @@
-"""Webhook subscriptions and deliveries as stored in Redis, shared by producers (register, dispatch, replay)
-and the webhook worker (send, retry, dead-letter).
+"""Webhook subscriptions and deliveries as stored in Redis, shared by ``worker/delivery/webhooks`` (register,
+dispatch, replay, send, retry, dead-letter) and the HTTP API (a delivery's tenant, event type filters).
 
 Delivery follows the Standard Webhooks spec: the body is the CloudEvent JSON exactly as it sits on the stream,
 ``webhook-id`` is the event id (stable across retries and replays, the receiver's dedupe key) and the signature is

@@ -18,12 +18,12 @@ import redis as redis_lib
 from PIL import Image
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import ModerationJob
 from schemas.settings import Settings
 from tests.services.procs import Service, start_redis, start_seaweed, start_worker, stop_leftovers
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id, wait_for
 
 BUCKET = "guardq-test"
 
@@ -129,7 +129,7 @@ def worker_env(redis_url: str, sglang: SimulatedSGLang, s3: Service, session_dir
         "GUARDQ_LOG_FORMAT": "json",
         "GUARDQ_RECONCILE_INTERVAL_S": "0",  # tests share one Redis and plant lost messages on purpose
         # The shared worker runs without the verdict cache: tests here count SGLang requests per job.
-        # tests/delivery/test_verdict_cache_integration.py starts its own worker with the cache on.
+        # tests/worker/test_verdict_cache_integration.py starts its own worker with the cache on.
         "GUARDQ_VERDICT_CACHE_TTL_S": "0",
     }
 

@@ -26,6 +26,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import redis
@@ -36,17 +37,11 @@ from schemas.events import ImageFacts
 from schemas.keys import VERDICT_CACHE_PREFIX, VERDICT_CACHE_SHARDS, verdict_cache_bucket, verdict_cache_key
 from schemas.taxonomy import CATEGORY_NAMES, category_code
 from schemas.verdict import Verdict
+from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.cache")
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-return false
-"""
+_TAKE_OVER = Path(__file__).with_name("cache_take_over.lua").read_text()
 LIVENESS_CHECK_S = 1.0  # how often a waiter asks whether the lock's holder still lives
 DAY = 86400
 
@@ -158,7 +153,7 @@ class VerdictCache:
         self._lock_ms = max(1000, int(lock_s * 1000))
         self._incarnation = incarnation
         self._alive = alive
-        self._release = client.register_script(_RELEASE)
+        self._release = Releaser(client)
         self._take_over = client.register_script(_TAKE_OVER)
 
     @property
@@ -219,7 +214,7 @@ class VerdictCache:
             pipe.execute()
             return outcome, False
         finally:
-            self._release(keys=[f"{name}:lock"], args=[token])
+            self._release(f"{name}:lock", token)
 
     def _get(self, name: str, sha256: str | None = None) -> CachedOutcome | None:
         today, shard, field = int(time.time() // DAY), _shard(name), _field(name)

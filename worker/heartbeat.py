@@ -1,6 +1,6 @@
 """The fleet registry in Redis: each worker node's hash, refreshed by its heartbeat and by its launcher.
 
-``guardq fleet status`` (producers, which never import the worker) reads it: the key layout is in
+``guardq fleet status`` (``producers/fleetview.py``, which does not import the worker) reads it: the key layout is in
 ``schemas.keys`` (``fleet_node_key``, ``FLEET_NODES``). A node's hash expires after three missed heartbeats, so a
 dead host disappears on its own; the sorted set keeps its name (scored by last beat) so status can show it as lost.
 A clean stop removes both.

@@ -25,8 +25,18 @@ reuse on the hot path, and a record of which worker reserved each message.
    it there too, in the same pipeline. ``worker.reclaim`` hands back the messages of incarnations whose lease
    expired.
 
-These patch private kombu internals, so kombu is bounded in pyproject.toml and :func:`check_internals` (run by
-:func:`install`) refuses to start a worker on a kombu whose internals no longer have the shape patched here.
+Besides the patches, this module is the one place that reads kombu's own state in Redis and in the worker:
+
+- :func:`reserved_job_ids` / :func:`still_reserved`: kombu's ``unacked`` hash (``schemas.keys.UNACKED``, its
+  default ``unacked_key``; each value is ``[envelope, exchange, routing key]``), for the reconciler and reclaimer;
+- :func:`restore_by_tags`: kombu's own ``restore_by_tag`` (a reserved message back to the head of its queue);
+- :func:`held_delivery_tags`: the delivery tags of the task requests Celery's worker state holds.
+
+All of it depends on private kombu internals, so kombu is bounded in pyproject.toml (``kombu>=5.7.0,<5.8``, the
+same as :data:`SUPPORTED_KOMBU`: the version these were checked against) and :func:`check_internals` (run by
+:func:`install` when a worker's Celery app is configured) refuses to start a worker on a kombu whose internals no
+longer have the shape used here. ``producers/taskmessage.py`` builds the same list entries a producer's
+``send_task`` would (it cannot import the worker); a test pins it to kombu's own output.
 """
 
 from __future__ import annotations
@@ -35,14 +45,17 @@ import base64
 import inspect
 import json
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kombu
+import orjson
 import redis
+from celery.worker import state as celery_state
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
 
-from schemas.keys import UNACKED_OWNERS
+from schemas.keys import UNACKED, UNACKED_OWNERS
 
 QUARANTINE_CONTENT_TYPE = "application/x-guardq-malformed"
 QUARANTINE_HEADER = "guardq-malformed"
@@ -182,6 +195,61 @@ def _remove_from_indices(self: Any, delivery_tag: Any, pipe: Any = None) -> Any:
     return _original_remove_from_indices(self, delivery_tag, pipe).hdel(UNACKED_OWNERS, delivery_tag)
 
 
+def _task_id(envelope: Any) -> str | None:
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+def reserved_ids(values: Iterable[bytes]) -> set[str]:
+    """Task ids of kombu ``unacked`` values (``[envelope, exchange, routing key]``)."""
+    found: set[str] = set()
+    for raw in values:
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        task_id = _task_id(value[0] if isinstance(value, list) and value else value)
+        if task_id is not None:
+            found.add(task_id)
+    return found
+
+
+def reserved_job_ids(client: redis.Redis[bytes], tags: Sequence[str] | None = None) -> set[str]:
+    """Task (job) ids of the messages kombu holds as reserved: all of them, or those of these delivery tags."""
+    if tags is None:
+        return reserved_ids(client.hvals(UNACKED))
+    return reserved_ids(v for v in client.hmget(UNACKED, list(tags)) if v is not None)
+
+
+def still_reserved(client: redis.Redis[bytes], tags: Sequence[str]) -> list[str]:
+    """Those of ``tags`` kombu still holds as reserved (not acknowledged, rejected or restored meanwhile)."""
+    pipe = client.pipeline(transaction=False)
+    for tag in tags:
+        pipe.hexists(UNACKED, tag)
+    return [tag for tag, found in zip(tags, pipe.execute(), strict=True) if found]
+
+
+def restore_by_tags(app: Any, tags: Sequence[str]) -> None:
+    """Put reserved messages back at the head of their queues through kombu's own ``restore_by_tag`` (one
+    WATCH/MULTI each: a message restored twice, or acknowledged meanwhile, is pushed at most once)."""
+    with app.connection_for_write() as connection:
+        qos = connection.default_channel.qos
+        for tag in tags:
+            qos.restore_by_tag(tag)
+
+
+def held_delivery_tags() -> set[str]:
+    """Delivery tags of the task requests this process holds: reserved, scheduled (ETA) or running."""
+    for _ in range(5):
+        try:
+            requests = list(celery_state.requests.values()) + list(celery_state.active_requests)
+        except RuntimeError:  # the consumer thread changed a set while we copied it; copy again
+            continue
+        return {str(r.message.delivery_tag) for r in requests if getattr(r, "message", None) is not None}
+    raise RuntimeError("could not copy the worker's request sets")
+
+
 SUPPORTED_KOMBU = ((5, 7), (5, 8))  # [lowest, first unsupported) major.minor; pyproject.toml says the same
 _PATCHED_SIGNATURES: dict[str, tuple[Any, list[str]]] = {
     "Channel._connparams": (_original_connparams, ["self", "asynchronous"]),
@@ -210,6 +278,11 @@ def check_internals() -> None:
     for name in ("unacked_key", "unacked_index_key", "pool", "async_pool", "conn_or_acquire", "_do_restore_message"):
         if not hasattr(kombu_redis.Channel, name):
             problems.append(f"Channel.{name} is gone")
+    if getattr(kombu_redis.Channel, "unacked_key", UNACKED) != UNACKED:
+        problems.append(f"Channel.unacked_key is {kombu_redis.Channel.unacked_key!r}, not {UNACKED!r}")
+    for name in ("requests", "active_requests"):
+        if not hasattr(celery_state, name):
+            problems.append(f"celery.worker.state.{name} is gone")
     if problems:
         raise RuntimeError(
             "worker/kombu_compat.py patches kombu's Redis transport and does not fit this kombu: " + "; ".join(problems)

@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 from celery.signals import celeryd_init, worker_ready, worker_shutdown, worker_shutting_down
-from celery.worker import state as celery_state
 from prometheus_client import REGISTRY
 
 from schemas.keys import TASK_MODERATE
@@ -27,7 +26,7 @@ from worker.heartbeat import Heartbeat
 from worker.inflight_step import inflight_limit
 from worker.liveness import Lease, new_incarnation, set_current_incarnation
 from worker.reclaim import OwnReservations, Reclaimer, ReclaimLoop
-from worker.reconcile import UNACKED, ReconcileLoop, Reconciler, reserved_ids
+from worker.reconcile import ReconcileLoop, Reconciler
 from worker.runtime import close_runtime, get_runtime
 from worker.serverwatch import RemoteConsumerSwitch, ServerWatch
 from worker.streamwatch import RedisStateCollector, warn_lagging
@@ -128,30 +127,16 @@ def _start_reclaim(app: Any, settings: Any, m: metrics.WorkerMetrics) -> Reclaim
 
     def restore(tags: Any) -> None:
         rt = get_runtime()
-        job_ids = reserved_ids(v for v in rt.redis.hmget(UNACKED, list(tags)) if v is not None)
-        with app.connection_for_write() as connection:
-            qos = connection.default_channel.qos
-            for tag in tags:
-                qos.restore_by_tag(tag)
+        job_ids = kombu_compat.reserved_job_ids(rt.redis, list(tags))
+        kombu_compat.restore_by_tags(app, list(tags))
         for job_id in job_ids:  # back in their queue: the reconciler's index says so too
             rt.publisher.requeued(job_id)
         m.reclaimed.inc(len(tags))
 
     client = get_runtime().redis
     reclaimer = Reclaimer(client, restore, incarnation=_lease.incarnation, grace_s=2 * settings.heartbeat_interval_s)
-    own = OwnReservations(client, restore, incarnation=_lease.incarnation, held=held_delivery_tags)
+    own = OwnReservations(client, restore, incarnation=_lease.incarnation, held=kombu_compat.held_delivery_tags)
     return ReclaimLoop(reclaimer, interval_s=settings.reclaim_interval_s, own=own).start()
-
-
-def held_delivery_tags() -> set[str]:
-    """Delivery tags of the task requests this process holds: reserved, scheduled (ETA) or running."""
-    for _ in range(5):
-        try:
-            requests = list(celery_state.requests.values()) + list(celery_state.active_requests)
-        except RuntimeError:  # the consumer thread changed a set while we copied it; copy again
-            continue
-        return {str(r.message.delivery_tag) for r in requests if getattr(r, "message", None) is not None}
-    raise RuntimeError("could not copy the worker's request sets")
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

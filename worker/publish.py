@@ -1,9 +1,9 @@
 """Publish a job's one terminal event to the Redis Stream, guarded so a redelivered job never adds a second.
 
-A Lua script makes "check the guard, XADD (trimming the stream by length and age), compact the job record, leave
+A Lua script (``publish_terminal.lua``) makes "check the guard, XADD (trimming the stream by length and age), compact the job record, leave
 the indices" one atomic step: whichever delivery of a job gets there first publishes, every later one sees the
 guard and publishes nothing. The guard is the job hash's own ``state`` (completed/failed): a finished job keeps
-only what status and dedupe need (``schemas.keys.JOB_FINISHED_FIELDS``, about 250 bytes in Redis with its key);
+only what status and dedupe need (``schemas.records.JOB_FINISHED_FIELDS``, about 250 bytes in Redis with its key);
 its event lives in the stream (``stream_id``) and the sinks, not copied into the hash. A backfill job's record is
 its dedupe guard only and lives ``GUARDQ_BULK_RECORD_TTL_S`` (10 minutes); an interactive job's lives
 ``GUARDQ_JOB_TTL_S``.
@@ -16,6 +16,7 @@ open index; finished → out of both. Index times are Redis server time.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -30,108 +31,19 @@ from schemas.keys import (
     job_key,
     terminal_guard_key,
 )
+from schemas.records import FINISHED_STATES, JobField
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-"""
 
-_FINISHED = """
-local function finished(job, guard)
-  local st = redis.call('HGET', job, 'state')
-  return st == 'completed' or st == 'failed' or redis.call('EXISTS', guard) == 1
-end
-"""
+def _script(*parts: str) -> str:
+    """A script from the ``publish_<part>.lua`` files beside this module (preludes first)."""
+    return "".join(Path(__file__).with_name(f"publish_{part}.lua").read_text() for part in parts)
 
-# KEYS: guard, stream, job, legacy open index, running index
-# ARGV: event, maxlen, interactive ttl, state, stream field, callback url, job id, open prefix, bulk ttl, min id
-_PUBLISH = (
-    _FINISHED
-    + """
-local queue = redis.call('HGET', KEYS[3], 'queue')
-redis.call('ZREM', KEYS[4], ARGV[7])
-redis.call('ZREM', KEYS[5], ARGV[7])
-if queue then redis.call('ZREM', ARGV[8] .. queue, ARGV[7]) end
-if finished(KEYS[3], KEYS[1]) then
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'duplicate_deliveries', 1) end
-  return false
-end
-local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
-if ARGV[10] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[10]) end
-local names = {'tenant', 'attempts', 'deliveries', 'backfill_id', 'worker', 'queue', 'duplicate_deliveries',
-  'reconciled'}
-local kept = redis.call('HMGET', KEYS[3], unpack(names))
-redis.call('DEL', KEYS[3])
-local record = {'state', ARGV[4], 'stream_id', sid}
-for i, name in ipairs(names) do
-  local value = kept[i]
-  if value and not (name == 'deliveries' and value == kept[2]) then
-    record[#record + 1] = name
-    record[#record + 1] = value
-  end
-end
-if ARGV[6] ~= '' then
-  record[#record + 1] = 'callback_url'
-  record[#record + 1] = ARGV[6]
-end
-redis.call('HSET', KEYS[3], unpack(record))
-redis.call('EXPIRE', KEYS[3], kept[4] and ARGV[9] or ARGV[3])
-return sid
-"""
-)
 
-# For a job whose hash Redis refuses to update (WRONGTYPE): the guard is a string key of its own.
-# KEYS: guard, stream, legacy open index, running index; ARGV: event, maxlen, ttl, stream field, job id
-_PUBLISH_BARE = """
-redis.call('ZREM', KEYS[3], ARGV[5])
-redis.call('ZREM', KEYS[4], ARGV[5])
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[4], ARGV[1])
-redis.call('SET', KEYS[1], sid, 'EX', ARGV[3])
-return sid
-"""
-
-# KEYS: guard, job, running index, watermarks; ARGV: attempt, worker, ttl, job id, open prefix
-_BEGIN = (
-    _NOW
-    + _FINISHED
-    + """
-if finished(KEYS[2], KEYS[1]) then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HINCRBY', KEYS[2], 'duplicate_deliveries', 1) end
-  return 0
-end
-local queue = redis.call('HGET', KEYS[2], 'queue')
-if queue then
-  local open = ARGV[5] .. queue
-  local score = redis.call('ZSCORE', open, ARGV[4])
-  if score then
-    redis.call('ZREM', open, ARGV[4])
-    local mark = redis.call('HGET', KEYS[4], queue)
-    if (not mark) or tonumber(score) > tonumber(mark) then redis.call('HSET', KEYS[4], queue, score) end
-  end
-end
-redis.call('ZADD', KEYS[3], now, ARGV[4])
-redis.call('HSET', KEYS[2], 'state', 'running', 'attempts', ARGV[1], 'updated_at', now, 'worker', ARGV[2])
-redis.call('HINCRBY', KEYS[2], 'deliveries', 1)
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return 1
-"""
-)
-
-# KEYS: guard, job, running index; ARGV: state, job id, open prefix
-_BACK_TO_QUEUE = (
-    _NOW
-    + _FINISHED
-    + """
-if finished(KEYS[2], KEYS[1]) then return 0 end
-redis.call('ZREM', KEYS[3], ARGV[2])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'state', ARGV[1], 'updated_at', now)
-local queue = redis.call('HGET', KEYS[2], 'queue')
-if queue then redis.call('ZADD', ARGV[3] .. queue, now, ARGV[2]) end
-return 1
-"""
-)
+# Each script first takes the job out of (or puts it back into) the reconciler's indices, then acts.
+_PUBLISH = _script("finished", "terminal")  # the terminal event: XADD, compact the record, or count a duplicate
+_PUBLISH_BARE = _script("bare")  # the same for a job whose hash Redis refuses to update (WRONGTYPE)
+_BEGIN = _script("now", "finished", "begin")  # an attempt begins (running index, attempt bookkeeping)
+_BACK_TO_QUEUE = _script("now", "finished", "requeue")  # handed back untouched, or a retry was scheduled
 
 
 class Publisher:
@@ -165,10 +77,13 @@ class Publisher:
         return bool(self._begin(keys=keys, args=[attempt, worker, self._ttl, job_id, OPEN_JOBS_PREFIX]))
 
     def is_terminal(self, job_id: str) -> bool:
-        state, guarded = self._redis.pipeline(transaction=False).hget(job_key(job_id), "state").exists(
-            terminal_guard_key(job_id)
-        ).execute()
-        return state in {b"completed", b"failed"} or bool(guarded)
+        state, guarded = (
+            self._redis.pipeline(transaction=False)
+            .hget(job_key(job_id), JobField.STATE)
+            .exists(terminal_guard_key(job_id))
+            .execute()
+        )
+        return (state or b"").decode() in FINISHED_STATES or bool(guarded)
 
     def publish(self, event: CloudEvent, *, callback_url: str | None = None) -> str | None:
         """XADD the event unless the job already has a terminal event; return the stream id or None.
@@ -177,7 +92,7 @@ class Publisher:
         dispatcher finds it when it fans the event out: no window in which the event exists without it.
         """
         job_id = event.data.job_id
-        state = "completed" if event.completed else "failed"
+        state = "completed" if event.completed else "failed"  # one of FINISHED_STATES: the guard
         keys = [terminal_guard_key(job_id), self._stream, job_key(job_id), OPEN_JOBS, RUNNING_JOBS]
         min_id = f"{int(time.time() * 1000) - self._max_age_ms}-0" if self._max_age_ms else ""
         args: list[Any] = [

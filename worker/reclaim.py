@@ -22,6 +22,7 @@ reserved. Those entries carry a live incarnation, so every worker also audits *i
 (:class:`OwnReservations`, every ``AUDIT_EVERY_S``): a message recorded as its own that it holds in no task
 request at two audits in a row goes back.
 
+Everything that reads kombu's own state (its ``unacked`` hash, ``restore_by_tag``) is in ``worker.kombu_compat``.
 A message goes back through kombu's own ``restore_by_tag`` (one WATCH/MULTI transaction: gone from ``unacked``,
 its index and the owners hash, pushed to the head of its queue, flagged redelivered), so a message restored twice,
 or acknowledged meanwhile, is pushed at most once. The cost of a sweep is one ``HGETALL`` of the owners hash, which
@@ -40,17 +41,13 @@ import redis
 import structlog
 
 from schemas.keys import RECLAIM_LOCK, RECLAIM_SUSPECTS, UNACKED_OWNERS
+from worker.kombu_compat import still_reserved
 from worker.liveness import Liveness, node_of
+from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.reclaim")
 AUDIT_EVERY_S = 15.0
-UNACKED = "unacked"  # kombu's hash of reserved messages (delivery tag -> [message, exchange, routing key])
 Restore = Callable[[Sequence[str]], None]  # put these delivery tags back on their queues (kombu restore_by_tag)
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Reclaimer:
@@ -78,7 +75,7 @@ class Reclaimer:
         self._owners = owners_key
         self._lock_ttl = lock_ttl_s
         self._liveness = Liveness(client)
-        self._release = client.register_script(_RELEASE)
+        self._release = Releaser(client)
 
     def sweep(self) -> int:
         """One pass; return how many reserved messages went back to their queues (0 while another worker sweeps)."""
@@ -88,7 +85,7 @@ class Reclaimer:
         try:
             return self._sweep()
         finally:
-            self._release(keys=[self._lock], args=[token])
+            self._release(self._lock, token)
 
     def _sweep(self) -> int:
         owners = self._redis.hgetall(self._owners)
@@ -120,10 +117,7 @@ class Reclaimer:
         return restored
 
     def _give_back(self, owner: str, tags: list[str]) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        for tag in tags:
-            pipe.hexists(UNACKED, tag)
-        held = [tag for tag, found in zip(tags, pipe.execute(), strict=True) if found]
+        held = still_reserved(self._redis, tags)
         gone = [tag for tag in tags if tag not in held]
         if gone:  # acknowledged, or killed between recording the owner and the reservation: nothing to give back
             self._redis.hdel(self._owners, *gone)
@@ -160,10 +154,7 @@ class OwnReservations:
         self._unheld = unheld - set(orphans)
         if not orphans:
             return 0
-        pipe = self._redis.pipeline(transaction=False)
-        for tag in orphans:
-            pipe.hexists(UNACKED, tag)
-        present = [tag for tag, found in zip(orphans, pipe.execute(), strict=True) if found]
+        present = still_reserved(self._redis, orphans)
         gone = [tag for tag in orphans if tag not in present]
         if gone:
             self._redis.hdel(self._owners, *gone)

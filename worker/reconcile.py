@@ -28,10 +28,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis
 import structlog
 
@@ -46,36 +45,13 @@ from schemas.keys import (
     open_jobs_key,
     terminal_guard_key,
 )
+from schemas.records import FINISHED_STATES, JobField
+from worker.kombu_compat import reserved_job_ids
+from worker.tokenlock import Releaser
 
 log = structlog.get_logger("guardq.reconcile")
-UNACKED = "unacked"  # kombu's hash of reserved, unacknowledged messages
 REORDER_S = 2.0  # workers that BRPOP one queue may begin its jobs slightly out of order
 Send = Callable[[dict[str, Any], str, str], object]  # (message, queue, job id)
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def _task_id(envelope: Any) -> str | None:
-    headers = envelope.get("headers") if isinstance(envelope, dict) else None
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    return task_id if isinstance(task_id, str) else None
-
-
-def reserved_ids(values: Iterable[bytes]) -> set[str]:
-    """Task ids of kombu ``unacked`` values (``[envelope, exchange, routing key]``)."""
-    found: set[str] = set()
-    for raw in values:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        task_id = _task_id(value[0] if isinstance(value, list) and value else value)
-        if task_id is not None:
-            found.add(task_id)
-    return found
 
 
 class Reconciler:
@@ -105,7 +81,7 @@ class Reconciler:
         self._lock = lock_key
         self._suspects = suspects_key
         self._lock_ttl = lock_ttl_s
-        self._release = client.register_script(_RELEASE)
+        self._release = Releaser(client)
         self.last_examined = 0  # jobs the last sweep looked at (its cost)
 
     def sweep(self, now: float | None = None) -> int:
@@ -122,7 +98,7 @@ class Reconciler:
                 self._also()
             return resent
         finally:
-            self._release(keys=[self._lock], args=[token])
+            self._release(self._lock, token)
 
     def suspects_now(self, now: float) -> dict[str, str | None]:
         """Open jobs that should have been taken by now (job id -> queue), and running ones (job id -> None)."""
@@ -154,7 +130,7 @@ class Reconciler:
             return
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(job_key(job_id), "queue")
+            pipe.hget(job_key(job_id), JobField.QUEUE)
             pipe.zscore(OPEN_JOBS, job_id)
         replies = pipe.execute()
         pipe = self._redis.pipeline(transaction=False)
@@ -176,17 +152,17 @@ class Reconciler:
         ids = list(candidates)
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(job_key(job_id), ["state", "message", "queue"])
+            pipe.hmget(job_key(job_id), [JobField.STATE, JobField.MESSAGE, JobField.QUEUE])
             pipe.exists(terminal_guard_key(job_id))
         replies = pipe.execute()
-        reserved = reserved_ids(self._redis.hvals(UNACKED))
+        reserved = reserved_job_ids(self._redis)
         suspects = {k.decode(): float(v) for k, v in self._redis.hgetall(self._suspects).items()}
         missing: set[str] = set()
         resent = 0
         for i, job_id in enumerate(ids):
             (state, message, queue_raw), guarded = replies[2 * i], replies[2 * i + 1]
             queue = queue_raw.decode() if queue_raw is not None else candidates[job_id]
-            if state in {b"completed", b"failed"} or guarded:
+            if (state or b"").decode() in FINISHED_STATES or guarded:
                 self._forget(job_id, queue)
             elif job_id in reserved:
                 continue  # a worker holds it: on its way
@@ -217,7 +193,7 @@ class Reconciler:
         pipe = self._redis.pipeline(transaction=True)
         pipe.zrem(RUNNING_JOBS, job_id)
         pipe.zadd(open_jobs_key(queue), {job_id: now})  # its new message joins the back of the queue
-        pipe.hincrby(job_key(job_id), "reconciled", 1)
+        pipe.hincrby(job_key(job_id), JobField.RECONCILED, 1)
         pipe.execute()
         self._send(message, queue, job_id)
         log.warning("job_resent", job_id=job_id, queue=queue, missing_since=missing_since)

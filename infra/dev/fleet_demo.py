@@ -31,11 +31,11 @@ VAR = ROOT / "var" / "fleet-demo"
 sys.path.insert(0, str(ROOT))
 
 from producers.broker import JobQueue  # noqa: E402
-from producers.events import last_id, wait_for  # noqa: E402
 from producers.uploads import UploadStore  # noqa: E402
 from schemas.job import ModerationJob  # noqa: E402
 from schemas.keys import fleet_node_key  # noqa: E402
 from schemas.settings import load_settings  # noqa: E402
+from worker.delivery import last_id, wait_for  # noqa: E402
 
 
 def free_port() -> int:

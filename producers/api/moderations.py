@@ -20,9 +20,9 @@ from producers.api.services import (
     job_factory,
 )
 from producers.broker import JobRecord
-from producers.jobstatus import NO_RECORD, read_job
 from schemas.job import ModerationJob, new_job_id
 from schemas.policy import Policy
+from worker.delivery import NO_RECORD, read_job
 
 router = APIRouter(prefix="/v1", tags=["moderations"])
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -163,18 +163,17 @@ def create_moderation(
 def get_moderation(job_id: str, who: PrincipalDep, svc: ServicesDep) -> JobStatus:
     """A job of another tenant is reported exactly like a job that does not exist (404)."""
     view = read_job(svc.queue.redis, job_id) if _JOB_ID.match(job_id) else None
-    if view is None or view.fields.get("tenant") != who.tenant:
+    if view is None or view.record.tenant != who.tenant:
         raise ApiError(404, "not_found", f"no job {job_id!r}: {NO_RECORD}")
-    fields, event = view.fields, view.event
-    updated = float(fields["updated_at"]) if "updated_at" in fields else view.finished_at
+    record, event = view.record, view.event
     return JobStatus(
         job_id=job_id,
         status=view.state,
         tenant=who.tenant,
-        image=fields.get("image") or (event or {}).get("subject"),
-        created_at=fields.get("created_at"),
-        updated_at=updated,
-        attempts=int(fields["attempts"]) if "attempts" in fields else None,
+        image=record.image or (event or {}).get("subject"),
+        created_at=record.created_at,
+        updated_at=record.updated_at if record.updated_at is not None else view.finished_at,
+        attempts=record.attempts,
         event=event,
         note=view.note,
     )

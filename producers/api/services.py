@@ -17,13 +17,12 @@ from producers.api.sns import SnsConfirmer
 from producers.broker import JobQueue
 from producers.policy_store import PolicyStore
 from producers.uploads import UploadStore
-from producers.webhooks.deliveries import DeliveryStore
-from producers.webhooks.registry import SubscriptionRegistry, check_target
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob
 from schemas.models import get_model
 from schemas.policy import Policy
 from schemas.settings import Settings
+from worker.delivery import DeliveryStore, SubscriptionRegistry, check_target
 
 
 @dataclass

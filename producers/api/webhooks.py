@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from producers.api.auth import Principal
 from producers.api.errors import ApiError
 from producers.api.services import PrincipalDep, Services, ServicesDep
-from producers.webhooks.replay import queue_test_delivery, replay_events
 from schemas.errors import ErrorCode, GuardqError
+from schemas.records import DeliveryField
 from schemas.webhooks import Delivery, Subscription, TenantName, normalize_event_types
+from worker.delivery import queue_test_delivery, replay_events
 
 router = APIRouter(tags=["webhooks"])
 
@@ -136,7 +137,7 @@ def delivery_status(delivery_id: str, who: PrincipalDep, svc: ServicesDep) -> di
     """State, attempts and last answer of one delivery (test ping, replay or event) of the caller's tenant."""
     who.require("webhooks")
     found = svc.deliveries.status(delivery_id)
-    if found is None or Delivery.model_validate_json(found["record"]).tenant != who.tenant:
+    if found is None or Delivery.model_validate_json(found[DeliveryField.RECORD]).tenant != who.tenant:
         raise ApiError(404, "not_found", f"no delivery {delivery_id!r}")
     return {"delivery_id": delivery_id, **found}
 

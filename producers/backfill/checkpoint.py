@@ -13,118 +13,22 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from pathlib import Path
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
 from redis.client import Pipeline
 
-from producers.events import last_id
-from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key, backfill_lock_key
-from schemas.errors import ConfigError, ErrorCode, PermanentError
+from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_lock_key
+from schemas.backfill import OPTIONS_FIELD, BackfillOptions, BackfillProgress, BackfillRecord
+from schemas.errors import ConfigError
+from schemas.keys import backfill_key
+from worker.delivery import last_id
 
-BackfillState = Literal["running", "interrupted", "failed", "finished"]
 BACKFILL_ID_PATTERN = r"^bf-[0-9a-f]{16}$"
 
 
 def new_backfill_id() -> str:
     return f"bf-{uuid.uuid4().hex[:16]}"
-
-
-class BackfillOptions(BaseModel):
-    """What a backfill enqueues; fixed when it is created."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: str  # s3://bucket/prefix, or the manifest URL
-    mode: Literal["list", "manifest"]
-    bucket: str
-    prefix: str = ""
-    include: list[str] = Field(default_factory=list)
-    max_bytes: int | None = Field(default=None, ge=0)
-    model: str
-    policy_ref: str | None = None
-    tenant: str = "default"
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    queue: str
-    results: str | None = None  # s3://bucket/prefix for the verdicts as JSON Lines (registered before each run)
-    # Dataset mode (docs/datasets.md): what the objects under the prefix are, and how results are written.
-    format: Literal["objects", "webdataset", "parquet"] = "objects"
-    key_column: str = "key"
-    image_column: str | None = None
-    url_column: str | None = None
-    results_format: Literal["jsonl", "parquet"] = "jsonl"
-
-    @property
-    def dataset(self) -> bool:
-        return self.format != "objects"
-
-
-@dataclass
-class BackfillProgress:
-    """The checkpoint and counters (everything but the options); one flat Redis hash field each."""
-
-    state: BackfillState = "running"
-    last_key: str = ""
-    manifest_file: int = 0
-    manifest_row: int = 0
-    listed: int = 0
-    enqueued: int = 0
-    skipped_include: int = 0
-    skipped_size: int = 0
-    skipped_other: int = 0
-    shards: int = 0  # dataset mode: shards whose every row was sent
-    shard_key: str = ""  # dataset mode: the shard being sent, its rows sent so far and its ETag
-    shard_pos: int = 0
-    shard_etag: str = ""
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    finished_at: float = 0.0
-    error: str = ""
-
-    @property
-    def skipped(self) -> int:
-        return self.skipped_include + self.skipped_size + self.skipped_other
-
-    def cursor_fields(self) -> dict[str | bytes, str | int | float]:
-        """The fields written with every enqueued job (one HSET): position and the counters that go with it."""
-        out: dict[str | bytes, str | int | float] = {
-            "last_key": self.last_key,
-            "manifest_file": self.manifest_file,
-            "manifest_row": self.manifest_row,
-            "listed": self.listed,
-            "enqueued": self.enqueued,
-            "skipped_include": self.skipped_include,
-            "skipped_size": self.skipped_size,
-            "skipped_other": self.skipped_other,
-            "shards": self.shards,
-            "shard_key": self.shard_key,
-            "shard_pos": self.shard_pos,
-            "shard_etag": self.shard_etag,
-        }
-        return out
-
-    def all_fields(self) -> dict[str | bytes, str | int | float]:
-        return {name: value for name, value in asdict(self).items()}  # noqa: C416 - widens the key type
-
-    @classmethod
-    def from_hash(cls, raw: dict[str, str]) -> BackfillProgress:
-        out = cls()
-        for f in fields(cls):
-            if f.name in raw:
-                current = getattr(out, f.name)
-                setattr(out, f.name, type(current)(raw[f.name]) if not isinstance(current, str) else raw[f.name])
-        return out
-
-
-@dataclass
-class BackfillRecord:
-    backfill_id: str
-    options: BackfillOptions
-    progress: BackfillProgress
-    completed: int = 0
-    failed: int = 0
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -144,22 +48,14 @@ class BackfillStore:
         pipe = self._redis.pipeline()
         # Tally verdicts from here on: the first backfill ever sets the tally cursor to the stream's end.
         pipe.hsetnx(BACKFILL_TALLY, "cursor", last_id(self._redis))
-        pipe.hset(backfill_key(backfill_id), mapping={"options": options.model_dump_json(), **progress.all_fields()})
+        mapping = {OPTIONS_FIELD: options.model_dump_json(), **progress.all_fields()}
+        pipe.hset(backfill_key(backfill_id), mapping=mapping)
         pipe.zadd(BACKFILL_INDEX, {backfill_id: now})
         pipe.execute()
         return BackfillRecord(backfill_id, options, progress)
 
     def load(self, backfill_id: str) -> BackfillRecord:
-        raw = _decode(self._redis.hgetall(backfill_key(backfill_id)))
-        if "options" not in raw:
-            raise PermanentError(f"no backfill {backfill_id!r}", code=ErrorCode.NOT_FOUND)
-        return BackfillRecord(
-            backfill_id,
-            BackfillOptions.model_validate_json(raw["options"]),
-            BackfillProgress.from_hash(raw),
-            completed=int(raw.get("completed", 0)),
-            failed=int(raw.get("failed", 0)),
-        )
+        return BackfillRecord.from_hash(backfill_id, _decode(self._redis.hgetall(backfill_key(backfill_id))))
 
     def save_cursor(self, record: BackfillRecord, pipe: Pipeline[bytes]) -> None:
         """Where to resume and how many were sent: only ever written in the transaction of the jobs it covers."""
@@ -183,20 +79,13 @@ class BackfillStore:
         return [b.decode() for b in self._redis.zrevrange(BACKFILL_INDEX, 0, count - 1)]
 
 
-_REFRESH = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
-return 0
-"""
-_TAKEOVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return false
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+
+
+def _lua(name: str) -> str:
+    return Path(__file__).with_name(f"checkpoint_lease_{name}.lua").read_text()
+
+
+_REFRESH, _TAKEOVER, _RELEASE = _lua("refresh"), _lua("takeover"), _lua("release")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,8 +22,8 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from producers.backfill.sources import ObjectEntry, s3_error
-from producers.s3client import parse_s3_url
 from schemas.errors import ConfigError, ErrorCode, PermanentError
+from schemas.s3url import parse_s3_url
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 

@@ -19,12 +19,13 @@ from typing import Any, Protocol
 
 from redis.client import Pipeline
 
-from producers.backfill.checkpoint import BackfillRecord, BackfillStore, RunLease
+from producers.backfill.checkpoint import BackfillStore, RunLease
 from producers.backfill.manifest import inventory_pages, read_manifest
 from producers.backfill.sources import SKIP_INCLUDE, SKIP_SIZE, ObjectEntry, list_pages, skip_reason
 from producers.backfill.tally import tally_step
 from producers.backfill.throttle import Backpressure, Stopped
 from producers.broker import JobQueue
+from schemas.backfill import BackfillRecord
 from schemas.job import ImageRef, ModerationJob, Priority
 
 _JOB_NAMESPACE = uuid.UUID("0d6f4a39-5c1e-4f7b-9a53-2b8e7c1d9f60")

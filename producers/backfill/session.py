@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from producers.backfill.checkpoint import BackfillRecord, BackfillState, BackfillStore, RunLease
+from producers.backfill.checkpoint import BackfillStore, RunLease
 from producers.backfill.runner import BackfillRunner, RunStats
 from producers.backfill.throttle import Stopped
+from schemas.backfill import BackfillRecord, BackfillState
 from schemas.errors import GuardqError
 
 log = structlog.get_logger("guardq.backfill")

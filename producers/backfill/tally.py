@@ -22,9 +22,9 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
-from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_key, backfill_shard_tally_key
+from producers.rediskeys import BACKFILL_INDEX, BACKFILL_TALLY, backfill_shard_tally_key
 from schemas.events import STREAM_FIELD, EventType
-from schemas.keys import VERDICT_STREAM
+from schemas.keys import VERDICT_STREAM, backfill_key
 
 _KINDS = {EventType.COMPLETED.value: "completed", EventType.FAILED.value: "failed"}
 

@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillRecord, BackfillStore, RunLease, new_backfill_id
+from producers.backfill.checkpoint import BackfillStore, RunLease, new_backfill_id
 from producers.backfill.manifest import read_manifest
 from producers.backfill.progress import LogReporter, RichReporter
 from producers.backfill.runner import BackfillRunner
@@ -31,13 +31,15 @@ from producers.backfill.status import backfill_status
 from producers.cli import dataset as ds
 from producers.cli.common import check_policy_ref, fail, job_queue, parse_meta, redis_errors, settings
 from producers.cli.results import report as results_report
-from producers.results.targets import split_s3_uri
-from producers.s3client import make_s3_client, parse_s3_url
+from producers.s3client import make_s3_client
+from schemas.backfill import BackfillOptions, BackfillRecord
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.keys import queue_name
 from schemas.logs import configure_logging
 from schemas.models import get_model
+from schemas.s3url import parse_s3_url
+from worker.delivery import split_s3_uri
 
 
 class _RunByDefault(TyperGroup):
@@ -251,7 +253,7 @@ def _run(
 
 
 def _dry_record(options: BackfillOptions) -> BackfillRecord:
-    from producers.backfill.checkpoint import BackfillProgress
+    from schemas.backfill import BackfillProgress
 
     return BackfillRecord("dry-run", options, BackfillProgress())
 

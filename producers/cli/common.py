@@ -13,10 +13,10 @@ import typer
 
 from producers.broker import JobQueue
 from producers.policy_store import PolicyStore
-from producers.webhooks.registry import check_target
 from schemas.errors import GuardqError
 from schemas.policy import BUILTIN_POLICY_NAME
 from schemas.settings import Settings, load_settings, redacted_url
+from worker.delivery import check_target
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import redis
 import typer
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillRecord
 from producers.backfill.sources import list_pages
 from producers.cli.common import fail
 from producers.dataset.window import S3Window
 from producers.rediskeys import DATASET_RESULTS_OWNERS
-from producers.results.targets import register_results
+from schemas.backfill import BackfillOptions, BackfillRecord
 from schemas.errors import GuardqError
+from worker.delivery import register_results
 
 FORMATS = ("objects", "webdataset", "parquet")
 RESULTS_FORMATS = ("jsonl", "parquet")
@@ -106,7 +106,7 @@ def check_first_parquet(s3: Any, options: BackfillOptions) -> None:
 def claim_results(client: redis.Redis[bytes], s3: Any, backfill_id: str, uri: str) -> None:
     """One backfill per Parquet results location (its files are named after the input shards, not the backfill):
     claimed for ``backfill_id`` before that backfill's record is created."""
-    from producers.dataset.resultfile import read_manifest
+    from worker.delivery import read_manifest
 
     owner = client.hget(DATASET_RESULTS_OWNERS, uri)
     if owner is not None and owner.decode() != backfill_id:
@@ -155,7 +155,7 @@ def register_results_of(client: redis.Redis[bytes], record: BackfillRecord) -> N
     """Before the run's first job, on every run: the results sink must know the backfill's events."""
     opts = record.options
     if opts.results and opts.results_format == "parquet":
-        from producers.dataset.results import register_dataset_results  # pyarrow: only for dataset backfills
+        from worker.delivery import register_dataset_results
 
         register_dataset_results(client, record.backfill_id, opts.results, opts.prefix)
     elif opts.results:

@@ -10,13 +10,13 @@ import typer
 from pydantic import ValidationError
 
 from producers.cli.common import check_callback_url, check_policy_ref, fail, job_queue, parse_meta, settings
-from producers.events import last_id, wait_for
 from producers.uploads import UploadStore
 from schemas.errors import GuardqError
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.models import get_model
 from schemas.policy import Policy
 from schemas.taxonomy import Declaration
+from worker.delivery import last_id, wait_for
 
 
 def _sources(items: list[str]) -> list[str]:

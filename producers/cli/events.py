@@ -11,8 +11,7 @@ from typing import Annotated
 import typer
 
 from producers.cli.common import fail, job_queue, settings
-from producers.consumer import Entry, StreamConsumer
-from producers.events import read_events
+from worker.delivery import Entry, StreamConsumer, read_events
 
 events_cli = typer.Typer(help="Read verdict events (CloudEvents JSON) from the Redis Stream.", no_args_is_help=True)
 
@@ -114,8 +113,8 @@ def replay(
     Receivers dedupe on webhook-id, so events they already processed are harmless. Prints the replay's id and
     counts as JSON; the webhook worker delivers them with the usual retries.
     """
-    from producers.webhooks.replay import parse_time, replay_events
     from schemas.errors import GuardqError
+    from worker.delivery import parse_time, replay_events
 
     try:
         result = replay_events(

@@ -24,7 +24,7 @@ def register(
     uri: Annotated[str, typer.Argument(help="s3://bucket/prefix; objects go under <prefix>/<backfill id>/.")],
 ) -> None:
     """Send a backfill's verdicts to an S3 prefix (what `backfill --results` does before enqueueing)."""
-    from producers.results.targets import register_results
+    from worker.delivery import register_results
 
     try:
         register_results(job_queue().redis, backfill_id, uri)
@@ -36,9 +36,9 @@ def register(
 @results_cli.command("sink")
 def sink(name: Annotated[str | None, typer.Option(help="Consumer name (stable across restarts).")] = None) -> None:
     """Run the results sink until SIGTERM/Ctrl-C, then flush what it buffered."""
-    from producers.results.sink import ResultsSink
     from producers.s3client import make_s3_client
     from schemas.logs import configure_logging
+    from worker.delivery import ResultsSink
 
     cfg = settings()
     configure_logging(cfg.log_format, cfg.log_level)
@@ -67,10 +67,8 @@ def report(
 ) -> None:
     """Count a backfill's results by rating, category and error code (each event id once); optionally a CSV.
     For Parquet results (dataset mode): per shard, failed samples with their codes, and a keep list."""
-    from producers.dataset.results import dataset_target
-    from producers.results.report import build_report
-    from producers.results.targets import results_uri
     from producers.s3client import make_s3_client
+    from worker.delivery import build_report, dataset_target, results_uri
 
     cfg = settings()
     target = dataset_target(job_queue().redis, backfill_id)
@@ -112,8 +110,8 @@ def report(
 
 
 def _dataset_report(uri: str, *, as_json: bool, keep_list: Path | None, failed: Path | None) -> None:
-    from producers.dataset.report import build_dataset_report
     from producers.s3client import make_s3_client
+    from worker.delivery import build_dataset_report
 
     try:
         found = build_dataset_report(make_s3_client(settings()), uri, keep_list=keep_list, failed_csv=failed)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from producers.cli.common import fail, job_queue
-from producers.jobstatus import NO_RECORD, read_job
+from worker.delivery import NO_RECORD, read_job
 
 
 def status(job_id: Annotated[str, typer.Argument(help="Job id printed by enqueue.")]) -> None:

@@ -14,11 +14,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from producers.broker import JobQueue
 from producers.cli.common import fail, job_queue, settings
-from producers.webhooks.deliveries import DeliveryStore
-from producers.webhooks.registry import SubscriptionRegistry
-from producers.webhooks.replay import queue_test_delivery, wait_settled
 from schemas.errors import GuardqError
+from schemas.records import DeliveryField
+from schemas.webhooks import DeliveryState
+from worker.delivery import DeliveryStore, SubscriptionRegistry, queue_test_delivery, wait_settled
 
 webhooks_cli = typer.Typer(help="Signed webhooks (Standard Webhooks): subscriptions and the delivery worker.")
 
@@ -86,12 +87,14 @@ def ping(
     except GuardqError as exc:
         fail(str(exc), code=1)
     status = wait_settled(DeliveryStore(queue.redis, settings()), delivery_id, timeout) or {}
-    outcome = {k: status.get(k) for k in ("state", "attempts", "last_status", "last_error")}
+    shown = (DeliveryField.STATE, DeliveryField.ATTEMPTS, DeliveryField.LAST_STATUS, DeliveryField.LAST_ERROR)
+    outcome = {k.value: status.get(k) for k in shown}
     typer.echo(json.dumps({"delivery_id": delivery_id, **outcome}))
-    if status.get("state") != "delivered":
+    state = status.get(DeliveryField.STATE)
+    if state != DeliveryState.DELIVERED:
         fail(
             "test delivery not delivered"
-            + (" (is `guardq webhooks worker` running?)" if status.get("state") == "pending" else ""),
+            + (" (is `guardq webhooks worker` running?)" if state == DeliveryState.PENDING else ""),
             code=1,
         )
 
@@ -117,17 +120,20 @@ def worker(
         os.environ["GUARDQ_WEBHOOK_CONCURRENCY"] = str(concurrency)
         settings.cache_clear()
     cfg = settings()
-    from producers.webhooks.service import DeliveryLoops
     from schemas.logs import configure_logging
+    from worker.delivery import DeliveryLoops
 
     configure_logging(cfg.log_format, cfg.log_level)
     node = name or f"webhooks-{os.getpid()}"
     child = (
-        subprocess.Popen([sys.executable, "-m", "worker.webhooks", f"--hostname={node}@{socket.gethostname()}"])
+        subprocess.Popen(
+            [sys.executable, "-m", "worker.delivery.webhooks", f"--hostname={node}@{socket.gethostname()}"]
+        )
         if deliver
         else None
     )
-    loops = DeliveryLoops(cfg, name=node, dispatch=dispatch)
+    queue = JobQueue(cfg)  # its own clients, closed below: the loops' threads use them
+    loops = DeliveryLoops(cfg, client=queue.redis, celery=queue.celery, name=node, dispatch=dispatch)
     loops.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +147,7 @@ def worker(
             code = 1
             break
     loops.stop()
+    queue.close()
     if child is not None and child.poll() is None:
         child.terminate()
         try:

@@ -25,9 +25,10 @@ from redis.client import Pipeline
 from producers.backfill.runner import BackfillRunner
 from producers.dataset.samples import SKIP_SIZE, Sample, ShardDone
 from producers.dataset.shards import Resume, Unit, dataset_pages
-from producers.rediskeys import backfill_shards_key, dataset_unwritten_key
 from schemas.dataset import DatasetSample
 from schemas.job import ModerationJob, Priority
+from schemas.keys import backfill_shards_key
+from worker.delivery import expect_shard_results
 
 _ROW_NAMESPACE = uuid.UUID("6f1d0a7e-2b4c-4e59-8a3f-9c7d5e1b2a40")
 
@@ -97,7 +98,7 @@ class DatasetRunner(BackfillRunner):
         }
         pipe.hset(backfill_shards_key(bid), mapping=records)  # type: ignore[arg-type]
         if self.record.options.results_format == "parquet":
-            pipe.sadd(dataset_unwritten_key(bid), *records)
+            expect_shard_results(pipe, bid, list(records))
 
     def _landed(self) -> None:
         self._finished_shards = []

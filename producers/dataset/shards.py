@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from producers.backfill.checkpoint import BackfillOptions
 from producers.backfill.sources import ObjectEntry, list_pages
 from producers.dataset.parquetrows import parquet_samples
 from producers.dataset.samples import Sample, Shard, ShardDone, ShardSummary, Sidecar
 from producers.dataset.webdataset import webdataset_samples
+from schemas.backfill import BackfillOptions
 from schemas.errors import ErrorCode, PermanentError
 
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")

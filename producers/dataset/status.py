@@ -11,13 +11,10 @@ from typing import Any
 
 import redis
 
-from producers.backfill.checkpoint import BackfillRecord
-from producers.rediskeys import (
-    backfill_shard_tally_key,
-    backfill_shards_key,
-    dataset_unwritten_key,
-    dataset_written_key,
-)
+from producers.rediskeys import backfill_shard_tally_key
+from schemas.backfill import BackfillRecord
+from schemas.keys import backfill_shards_key
+from worker.delivery import shard_results_state
 
 
 def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -30,12 +27,9 @@ def shard_rows(client: redis.Redis[bytes], record: BackfillRecord) -> list[dict[
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(backfill_shards_key(bid))
     pipe.hgetall(backfill_shard_tally_key(bid))
-    pipe.hgetall(dataset_written_key(bid))
-    pipe.smembers(dataset_unwritten_key(bid))
-    shards_raw, tally_raw, written_raw, unwritten_raw = pipe.execute()
+    shards_raw, tally_raw = pipe.execute()
     tally = {k: int(v) for k, v in _decoded(tally_raw).items()}
-    written = {k: json.loads(v) for k, v in _decoded(written_raw).items()}
-    unwritten = {m.decode() for m in unwritten_raw}
+    written, unwritten = shard_results_state(client, bid)
     parquet = record.options.results_format == "parquet"
     out = []
     for key, raw in sorted(_decoded(shards_raw).items()):

@@ -17,13 +17,13 @@ from typing import Any
 
 from producers.broker import JobQueue
 from producers.evaluation.dataset import Dataset, EvalSample
-from producers.events import last_id, wait_for
 from producers.policy_store import PolicyStore
 from producers.uploads import UploadStore
 from schemas.events import CloudEvent
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.models import get_model
 from schemas.policy import BUILTIN_POLICY_NAME, DEFAULT_POLICY, Policy
+from worker.delivery import last_id, wait_for
 
 
 @dataclass

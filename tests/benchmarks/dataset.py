@@ -26,18 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillStore
+from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.runner import BackfillRunner, Snapshot
 from producers.broker import JobQueue
 from producers.dataset.runner import DatasetRunner
-from producers.events import last_id, read_events
 from producers.s3client import make_s3_client
+from schemas.backfill import BackfillOptions
 from schemas.job import Priority
 from schemas.keys import queue_name
 from schemas.models import get_model
 from tests.benchmarks.harness import ROOT, Figure, proc_cpu_s, services, settings_from, worker
 from tests.benchmarks.workload import distinct_jpegs, start_server
 from tests.producers.datasets import image_table, img2dataset_sample, sidecar, tar_shard
+from worker.delivery.stream.reader import last_id, read_events
 
 BUCKET = "bench-dataset"
 LAYOUTS = {"objects": "obj/", "webdataset": "wds/", "parquet": "pq/"}

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.job import ModerationJob
 from schemas.settings import Settings
 from tests.services.procs import ROOT, Service, start_redis, start_seaweed, start_worker
+from worker.delivery.stream.reader import last_id, wait_for
 
 RESULTS_DIR = ROOT / "bench-results"
 

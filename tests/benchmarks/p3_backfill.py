@@ -12,10 +12,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillProgress, BackfillRecord, BackfillStore
+from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.runner import BackfillRunner, Snapshot
 from producers.broker import JobQueue
 from producers.s3client import make_s3_client
+from schemas.backfill import BackfillOptions, BackfillProgress, BackfillRecord
 from schemas.models import DEFAULT_MODEL
 from tests.benchmarks.harness import Figure, services, settings_from
 

@@ -24,13 +24,13 @@ from typing import Any
 import redis
 
 from producers.broker import JobQueue
-from producers.events import last_id
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.keys import VERDICT_STREAM, open_jobs_key, queue_name
 from schemas.models import get_model
 from tests.benchmarks.harness import RESULTS_DIR, Figure, run_jobs, services, settings_from, worker
 from tests.benchmarks.workload import distinct_jpegs, start_server, upload_jobs
 from tests.services.procs import start_redis
+from worker.delivery.stream.reader import last_id
 from worker.publish import Publisher
 from worker.reconcile import Reconciler
 

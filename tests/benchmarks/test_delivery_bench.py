@@ -21,18 +21,18 @@ import pytest
 import redis
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
-from producers.webhooks.registry import SubscriptionRegistry
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import TASK_MODERATE
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET
-from tests.delivery.factory import make_event, publish
-from tests.delivery.receiver import Receiver
-from tests.delivery.services import start_webhook_worker, webhook_settings
 from tests.services.procs import ROOT, start_worker, wait_until
 from tests.sglang_server import SimulatedSGLang
+from tests.worker.delivery.factory import make_event, publish
+from tests.worker.delivery.receiver import Receiver
+from tests.worker.delivery.services import start_webhook_worker, webhook_settings
+from worker.delivery.stream.reader import last_id, wait_for
+from worker.delivery.webhooks.registry import SubscriptionRegistry
 
 pytestmark = [pytest.mark.bench, pytest.mark.integration]
 RESULTS = ROOT / "bench-results" / "delivery.json"

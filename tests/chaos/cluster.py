@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.job import ModerationJob
 from schemas.settings import Settings
 from tests.benchmarks.workload import distinct_jpegs, upload_jobs
 from tests.services.procs import Service, free_port, start_redis, start_worker
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id, wait_for
 
 
 def rss_mb(pid: int) -> float:

@@ -24,7 +24,6 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from producers.events import last_id, wait_for
 from producers.uploads import UploadStore
 from schemas.events import CloudEvent
 from schemas.job import ImageRef, ModerationJob
@@ -35,6 +34,7 @@ from tests.chaos.cluster import rss_mb
 from tests.chaos.ledger import record, tally, worker_settings
 from tests.conftest import BUCKET, Runner
 from tests.services.procs import Service
+from worker.delivery.stream.reader import last_id, wait_for
 
 pytestmark = pytest.mark.integration
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "bad_inputs"

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from producers.events import wait_for
 from producers.fleetview import snapshot
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import fleet_node_key
@@ -25,6 +24,7 @@ from tests.chaos.cluster import Cluster
 from tests.chaos.ledger import record, tally
 from tests.chaos.not_sglang import NotSGLang
 from tests.services.procs import Service, free_port, start_seaweed, wait_until
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 JOBS = 60

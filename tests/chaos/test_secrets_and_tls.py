@@ -25,18 +25,18 @@ from kombu import Connection
 
 from producers.api.auth import ApiKeyStore
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from producers.uploads import UploadStore
-from producers.webhooks.registry import SubscriptionRegistry
 from schemas.job import ModerationJob
 from schemas.settings import Settings
 from tests import images
 from tests.chaos.ledger import Tally, record
 from tests.chaos.secure_services import make_tls, start_api, start_secure_redis
-from tests.delivery.receiver import Receiver
-from tests.delivery.services import start_webhook_worker, webhook_settings
 from tests.services.procs import Service, start_worker, wait_until
 from tests.sglang_server import SimulatedSGLang
+from tests.worker.delivery.receiver import Receiver
+from tests.worker.delivery.services import start_webhook_worker, webhook_settings
+from worker.delivery.stream.reader import last_id, wait_for
+from worker.delivery.webhooks.registry import SubscriptionRegistry
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from producers.events import wait_for
 from producers.uploads import UploadStore
 from schemas.events import CloudEvent
 from schemas.job import ModerationJob
@@ -30,6 +29,7 @@ from tests.chaos.ledger import record, tally, worker_settings
 from tests.conftest import Runner
 from tests.services.procs import wait_until
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 HANG_S = 4  # longer than the shared worker's 2 s client timeout; short so the server thread frees itself soon

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from producers.events import wait_for
 from producers.uploads import UploadStore
 from schemas.events import CloudEvent
 from schemas.job import ModerationJob
@@ -25,6 +24,7 @@ from schemas.keys import VERDICT_STREAM
 from tests.chaos.cluster import Cluster
 from tests.chaos.ledger import record, tally
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 LATENCY_S, JITTER_S, THREADS = 0.01, 0.25, 16

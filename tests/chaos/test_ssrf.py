@@ -22,13 +22,13 @@ from urllib.parse import quote, unquote
 import pytest
 from pydantic import ValidationError
 
-from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import FORBIDDEN_SCHEME_ERROR, ImageRef, ModerationJob
 from tests.chaos import rawqueue
 from tests.chaos.ledger import record, tally
 from tests.conftest import Runner
 from tests.services.procs import wait_until
+from worker.delivery.stream.reader import last_id, wait_for
 
 pytestmark = pytest.mark.integration
 

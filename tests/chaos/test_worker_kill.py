@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from producers.events import wait_for
 from tests.chaos.cluster import Cluster
 from tests.chaos.ledger import record, tally
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from producers.events import wait_for
 from schemas.keys import UNACKED_OWNERS
 from tests.chaos.cluster import Cluster
 from tests.chaos.ledger import record, tally
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 ENDED_WITHIN_S = 60.0

@@ -77,13 +77,13 @@ def interactive_under_backlog(env: dict[str, str], redis_port: int, bulk: int = 
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("GUARDQ_")})
     from producers.broker import JobQueue
-    from producers.events import last_id, wait_for
     from producers.uploads import UploadStore
     from schemas.job import ModerationJob, Priority
     from schemas.keys import model_queues
     from schemas.models import get_model
     from schemas.policy import Policy
     from schemas.settings import load_settings
+    from worker.delivery.stream.reader import last_id, wait_for
 
     settings = load_settings()
     store, queue = UploadStore(settings), JobQueue(settings)

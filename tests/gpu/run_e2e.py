@@ -133,11 +133,11 @@ def guardq_env(redis_port: int, ckpt: Path, out: Path) -> dict[str, str]:
 def enqueue(env: dict[str, str], count: int, seed0: int, verdict_only: bool) -> tuple[list[str], float, str]:
     os.environ.update({k: v for k, v in env.items() if k.startswith("GUARDQ_")})
     from producers.broker import JobQueue
-    from producers.events import last_id
     from producers.uploads import UploadStore
     from schemas.job import ModerationJob
     from schemas.policy import Policy
     from schemas.settings import load_settings
+    from worker.delivery.stream.reader import last_id
 
     settings = load_settings()
     store, queue = UploadStore(settings), JobQueue(settings)
@@ -151,8 +151,8 @@ def enqueue(env: dict[str, str], count: int, seed0: int, verdict_only: bool) -> 
 
 def collect(env: dict[str, str], job_ids: list[str], after: str, started: float, timeout_s: float) -> dict[str, Any]:
     from producers.broker import JobQueue
-    from producers.events import wait_for
     from schemas.settings import load_settings
+    from worker.delivery.stream.reader import wait_for
 
     queue = JobQueue(load_settings())
     events = list(wait_for(queue.redis, job_ids, after=after, timeout_s=timeout_s))

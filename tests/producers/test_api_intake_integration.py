@@ -17,12 +17,12 @@ import pytest
 import redis as redis_lib
 
 from producers.api.auth import ApiKeyStore
-from producers.events import wait_for
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import ApiServer, bearer, queued_jobs
 from tests.producers.test_api_integration import PARKED_MODEL, PARKED_QUEUE
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

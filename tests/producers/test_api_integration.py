@@ -14,7 +14,6 @@ import redis as redis_lib
 
 from producers.api.auth import ApiKeyStore
 from producers.api.idempotency import fingerprint, keyed_job_id
-from producers.events import wait_for
 from producers.rediskeys import idempotency_key
 from schemas.keys import job_key, queue_name
 from schemas.models import get_model
@@ -22,6 +21,7 @@ from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import ApiServer, bearer, queued_jobs
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

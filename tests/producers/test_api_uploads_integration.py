@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from producers.api.auth import ApiKeyStore
-from producers.events import wait_for
 from schemas.settings import Settings
 from tests import images, motion
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import ApiServer, bearer
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

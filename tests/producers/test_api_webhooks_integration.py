@@ -15,10 +15,10 @@ import redis as redis_lib
 from producers.api.auth import ApiKeyStore
 from schemas.settings import Settings
 from tests.conftest import BUCKET
-from tests.delivery.factory import make_event, publish
-from tests.delivery.services import webhook_settings
 from tests.producers.conftest import ApiServer, bearer, queued_jobs
 from tests.producers.test_api_integration import PARKED_MODEL, PARKED_QUEUE
+from tests.worker.delivery.factory import make_event, publish
+from tests.worker.delivery.services import webhook_settings
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from producers.backfill.checkpoint import BackfillProgress, BackfillRecord, BackfillStore
+from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.runner import BackfillRunner
 from producers.broker import JobQueue
+from schemas.backfill import BackfillProgress, BackfillRecord
 from schemas.job import Priority
 from schemas.keys import queue_name
 from schemas.models import get_model

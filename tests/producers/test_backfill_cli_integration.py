@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillStore
+from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.manifest import read_manifest
 from producers.broker import JobQueue
 from producers.cli import app
 from producers.rediskeys import BACKFILL_INDEX
+from schemas.backfill import BackfillOptions
 from schemas.errors import ConfigError
 from schemas.models import DEFAULT_MODEL
 from tests.conftest import BUCKET

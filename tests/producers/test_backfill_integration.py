@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillRecord, BackfillStore, RunLease
+from producers.backfill.checkpoint import BackfillStore, RunLease
 from producers.backfill.runner import BackfillRunner, Snapshot, backfill_job_id
 from producers.backfill.session import execute
 from producers.backfill.sources import ObjectEntry
 from producers.backfill.status import backfill_status
 from producers.broker import JobQueue
-from producers.events import wait_for
+from schemas.backfill import BackfillOptions, BackfillRecord
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.keys import job_key, open_jobs_key, queue_name
 from schemas.models import DEFAULT_MODEL, get_model
@@ -32,6 +32,7 @@ from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.producers.conftest import Prefix, queued_jobs, sampled_peak_depth, upload
 from tests.services.procs import ROOT, wait_until
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,16 +18,16 @@ from typer.testing import CliRunner, Result
 from producers.backfill.runner import backfill_job_id
 from producers.backfill.sources import ObjectEntry
 from producers.cli import app
-from producers.events import wait_for
 from producers.rediskeys import BACKFILL_INDEX
-from producers.results.sink import ResultsSink
-from producers.results.targets import results_uri
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
-from tests.delivery.test_results_integration import RunningSink, event_ids, objects
 from tests.producers.conftest import reset_cli_state
 from tests.services.procs import wait_until
+from tests.worker.delivery.test_results_integration import RunningSink, event_ids, objects
+from worker.delivery.results.sink import ResultsSink
+from worker.delivery.results.targets import results_uri
+from worker.delivery.stream.reader import wait_for
 
 pytestmark = pytest.mark.integration
 

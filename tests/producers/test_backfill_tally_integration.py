@@ -9,8 +9,9 @@ import uuid
 import pytest
 import redis as redis_lib
 
-from producers.backfill.checkpoint import BackfillOptions, BackfillStore
+from producers.backfill.checkpoint import BackfillStore
 from producers.backfill.tally import tally
+from schemas.backfill import BackfillOptions
 from schemas.errors import ErrorCode
 from schemas.events import CloudEvent, ErrorInfo, EventData, EventType, ImageFacts, event_id
 from schemas.keys import VERDICT_STREAM

@@ -13,8 +13,8 @@ from producers.backfill.runner import backfill_job_id
 from producers.backfill.sources import SKIP_INCLUDE, SKIP_OTHER, SKIP_SIZE, ObjectEntry, skip_reason
 from producers.backfill.tally import _backfill_event
 from producers.backfill.throttle import Backpressure, Stopped
-from producers.s3client import parse_s3_url
 from schemas.errors import ConfigError
+from schemas.s3url import parse_s3_url
 
 
 @pytest.mark.parametrize(

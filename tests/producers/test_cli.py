@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from producers.events import last_id
 from tests import images
 from tests.services.procs import Service
+from worker.delivery.stream.reader import last_id
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "policies"

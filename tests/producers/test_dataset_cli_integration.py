@@ -14,17 +14,17 @@ import redis as redis_lib
 from typer.testing import CliRunner, Result
 
 from producers.cli import app
-from producers.dataset.resultfile import read_manifest, read_results
 from producers.rediskeys import BACKFILL_INDEX
-from producers.results.sink import ResultsSink
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET, Runner
-from tests.delivery.test_results_integration import RunningSink
 from tests.producers.conftest import reset_cli_state
 from tests.producers.datasets import image_table, img2dataset_sample, sidecar, tar_shard, url_table
 from tests.services.procs import wait_until
+from tests.worker.delivery.test_results_integration import RunningSink
 from tests.worker.test_http_source_integration import ImageSite
+from worker.delivery.results.shardfile import read_manifest, read_results
+from worker.delivery.results.sink import ResultsSink
 
 pytestmark = pytest.mark.integration
 

@@ -24,18 +24,18 @@ import pytest
 import redis as redis_lib
 
 from producers.backfill.checkpoint import BackfillStore
-from producers.dataset.resultfile import read_manifest, read_results
-from producers.events import last_id
-from producers.results.sink import ResultsSink
 from schemas.events import CloudEvent
 from schemas.settings import Settings
 from tests import images
 from tests.conftest import BUCKET
-from tests.delivery.test_results_integration import RunningSink
 from tests.producers.datasets import header_offset, image_table, img2dataset_sample, sidecar, tar_shard
 from tests.producers.test_backfill_integration import GUARDQ, backfill_filling, cli_env, guardq
 from tests.services.procs import ROOT, Service, start_redis, start_worker, wait_until
 from tests.sglang_server import SimulatedSGLang
+from tests.worker.delivery.test_results_integration import RunningSink
+from worker.delivery.results.shardfile import read_manifest, read_results
+from worker.delivery.results.sink import ResultsSink
+from worker.delivery.stream.reader import last_id
 
 pytestmark = pytest.mark.integration
 

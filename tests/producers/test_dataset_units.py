@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
-from producers.backfill.checkpoint import BackfillOptions
 from producers.dataset.parquetrows import parquet_samples
-from producers.dataset.resultfile import parquet_bytes, results_object
 from producers.dataset.samples import Sample, Shard, ShardDone, Sidecar
 from producers.dataset.shards import Resume, dataset_pages, list_shards
 from producers.dataset.tarwalk import WalkEnd, walk_tar
 from producers.dataset.webdataset import split_name, webdataset_samples
 from producers.dataset.window import S3Window
+from schemas.backfill import BackfillOptions
 from schemas.dataset import AbsentMember, ParquetCell, TarMember
 from schemas.errors import ErrorCode, PermanentError
 from schemas.models import DEFAULT_MODEL
@@ -30,6 +29,7 @@ from tests.producers.datasets import (
     tar_shard,
     url_table,
 )
+from worker.delivery.results.shardfile import parquet_bytes, results_object
 
 B = "bucket"
 

@@ -20,7 +20,6 @@ import httpx
 import redis
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import FLEET_NODES, VERDICT_STREAM, fleet_node_key, job_key, model_queues
@@ -28,6 +27,7 @@ from schemas.models import get_model
 from tests import images
 from tests.conftest import BUCKET
 from tests.services.procs import ROOT, free_ports, wait_until
+from worker.delivery.stream.reader import last_id, wait_for
 
 TEST_SERVER_CMD = f"{sys.executable} -m tests.sglang_server"
 

@@ -21,7 +21,6 @@ import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
 from producers.broker import JobQueue
-from producers.events import last_id
 from schemas.keys import fleet_node_key, model_queues
 from schemas.models import get_model
 from tests.services.fleet import (
@@ -36,6 +35,7 @@ from tests.services.fleet import (
 )
 from tests.services.procs import start_worker, wait_until
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id
 
 pytestmark = pytest.mark.integration
 MODEL = "AIML-TUDA/LlavaGuard-13B"

@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.events import CloudEvent
 from schemas.job import ImageRef, ModerationJob
 from schemas.keys import TASK_MODERATE
@@ -23,6 +22,7 @@ from tests import motion
 from tests.conftest import BUCKET
 from tests.services.procs import Service, start_worker
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id, wait_for
 
 pytestmark = pytest.mark.integration
 QUEUE = "guardq.test-frames-cache"

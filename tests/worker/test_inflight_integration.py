@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from producers.broker import JobQueue
-from producers.events import last_id, wait_for
 from schemas.keys import model_queues
 from schemas.models import get_model
 from tests.benchmarks.workload import distinct_jpegs, upload_jobs
 from tests.services.procs import Service, start_worker
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id, wait_for
 from worker.inflight import Band
 
 pytestmark = pytest.mark.integration

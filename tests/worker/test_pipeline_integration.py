@@ -8,17 +8,18 @@ from typing import Any
 
 import pytest
 
-from producers.events import last_id, wait_for
-from producers.jobstatus import read_job
 from schemas.events import EventType, event_id
 from schemas.job import ImageRef, ModerationJob
-from schemas.keys import JOB_FINISHED_FIELDS, TASK_MODERATE, VERDICT_STREAM, job_key
+from schemas.keys import TASK_MODERATE, VERDICT_STREAM, job_key
 from schemas.policy import Policy
+from schemas.records import JOB_FINISHED_FIELDS
 from schemas.taxonomy import PromptVersion
 from tests import images
 from tests.conftest import BUCKET, Runner
 from tests.services.procs import wait_until
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.jobstatus import read_job
+from worker.delivery.stream.reader import last_id, wait_for
 
 pytestmark = pytest.mark.integration
 

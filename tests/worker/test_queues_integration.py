@@ -17,13 +17,13 @@ import pytest
 import redis as redis_lib
 
 from producers.broker import JobQueue
-from producers.events import last_id
 from schemas.job import Priority
 from schemas.keys import VERDICT_STREAM, fleet_node_key, job_key
 from tests.conftest import Runner
 from tests.services.fleet import collect, purge, ran_on, s3_jobs
 from tests.services.procs import Service, start_worker, wait_until
 from tests.sglang_server import SimulatedSGLang
+from worker.delivery.stream.reader import last_id
 
 pytestmark = pytest.mark.integration
 PRIORITY_MODEL = "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV"
