@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # temperatures), "tempered" = log(softmax(logits/T)) (SGLang's default), "original" = untempered
     # (SGLANG_RETURN_ORIGINAL_LOGPROB=1, which `guardq worker --gpus` sets on the servers it launches).
     sglang_logprobs: Literal["auto", "tempered", "original"] = "auto"
+    # SGLang request priorities (honoured by a server with --enable-priority-scheduling, which `guardq worker --gpus`
+    # launches with; ignored by others): a rationale continuation (`rationale: flagged`) is admitted ahead of new
+    # verdicts, while its prompt is still in the radix cache. Off for a server run with
+    # --abort-on-priority-when-disabled.
+    sglang_priority: bool = True
     # The rationale's maxLength; default: what fits the token budget (schemas.verdict.rationale_budget).
     rationale_max_chars: int | None = Field(default=None, ge=1, le=RATIONALE_MAX_CHARS)
 

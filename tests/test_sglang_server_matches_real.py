@@ -122,6 +122,27 @@ def test_a_budget_cut_ends_like_the_real_one(sim: SimulatedSGLang) -> None:
         json.loads(ours["choices"][0]["message"]["content"])
 
 
+def read_response(conn: Any) -> bytes:
+    """One whole HTTP/1.1 response (headers and a Content-Length body), however the bytes arrive."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
 def test_an_idle_keep_alive_connection_is_closed_like_uvicorns_but_a_slow_request_is_not(sim: SimulatedSGLang) -> None:
     """SGLang's uvicorn closes a connection idle for 5 s between requests (a reused one then fails "connection
     reset": seen on the real server); a request waiting for a running slot is not idle."""
@@ -138,12 +159,40 @@ def test_an_idle_keep_alive_connection_is_closed_like_uvicorns_but_a_slow_reques
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )
-        first = conn.recv(65536)
-        assert first.startswith(b"HTTP/1.1 200")  # answered after 0.6 s although the idle limit is 0.3 s
+        assert read_response(conn).startswith(b"HTTP/1.1 200")  # answered after 0.6 s; the idle limit is 0.3 s
         conn.sendall(request)
-        assert conn.recv(65536).startswith(b"HTTP/1.1 200")  # kept alive
+        assert read_response(conn).startswith(b"HTTP/1.1 200")  # kept alive
         import time
 
         time.sleep(0.6)  # idle past the limit
         conn.sendall(request)
         assert b"" == conn.recv(65536)  # the server closed it
+
+
+@pytest.mark.parametrize(("scheduling", "order"), [(False, ["low", "high"]), (True, ["high", "low"])])
+def test_a_waiting_request_of_higher_priority_is_admitted_first_under_priority_scheduling(
+    sim: SimulatedSGLang, scheduling: bool, order: list[str]
+) -> None:
+    """0.5.17 sorts its waiting queue by priority (higher first), then arrival, with --enable-priority-scheduling;
+    without it the queue is first come first served and a request's priority is ignored."""
+    import threading
+    import time
+
+    sim.configure(max_running=1, latency_s=0.3, priority_scheduling=scheduling, default_priority=0)
+    done: list[str] = []
+
+    def send(name: str, priority: int, rid: str) -> None:
+        assert 200 == post(sim, body(sim, with_rationale=False) | {"rid": rid, "priority": priority}).status_code
+        done.append(name)
+
+    threads = [
+        threading.Thread(target=send, args=("busy", 0, "p.busy")),
+        threading.Thread(target=send, args=("low", 0, "p.low")),
+        threading.Thread(target=send, args=("high", 1, "p.high")),
+    ]
+    for thread in threads:  # in this order, each queued before the next is sent
+        thread.start()
+        time.sleep(0.08)
+    for thread in threads:
+        thread.join(10)
+    assert ["busy", *order] == done

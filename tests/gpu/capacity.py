@@ -147,8 +147,9 @@ def rationale_modes(url: str, n: int = 128, concurrency: int = 128) -> dict[str,
             results = list(pool.map(backend.infer, requests))
         wall = time.perf_counter() - started
         continued = [r for r in results if r.extra.get("rationale_step") == "continued"]
-        cached = [r.extra["continuation_cached_tokens"] / r.extra["continuation_prompt_tokens"]
-                  for r in continued if r.extra.get("continuation_cached_tokens") and r.extra.get("continuation_prompt_tokens")]
+        pairs = [(int(r.extra.get("continuation_cached_tokens") or 0), int(r.extra.get("continuation_prompt_tokens") or 0))
+                 for r in continued]
+        cached = [c / p for c, p in pairs if p]
         out[mode] = {
             "n": n,
             "images_per_s": round(n / wall, 2),
@@ -156,6 +157,10 @@ def rationale_modes(url: str, n: int = 128, concurrency: int = 128) -> dict[str,
             "continued": len(continued),
             "continuation_cached_share_min": round(min(cached), 4) if cached else None,
             "continuation_cached_share_mean": round(sum(cached) / len(cached), 4) if cached else None,
+            # the figure: of all second-step prompt tokens, the share SGLang reported as cached
+            "continuation_cached_share_total": round(sum(c for c, _ in pairs) / max(1, sum(p for _, p in pairs)), 4)
+            if pairs else None,
+            "continuations_at_least_95pct_cached": sum(1 for share in cached if share >= 0.95),
             "truncated": sum(1 for r in results if r.verdict.rationale_truncated),
             "sample": [r.raw_text[:300] for r in continued[:2]],
         }

@@ -8,7 +8,7 @@ mkdir -p "$out"
 plats=()
 for n in 39 38 35 34 31 28 27 24 17; do plats+=(--platform "manylinux_2_${n}_x86_64"); done
 plats+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
-pins=$(.venv/bin/pip list --format=freeze 2>/dev/null | grep -i -E '^(celery|tzlocal|kombu|billiard|vine|amqp|click-didyoumean|click-repl|click-plugins|prompt.toolkit|wcwidth|redis|pydantic-settings|python-dotenv|structlog|boto3|botocore|s3transfer|jmespath|typer|shellingham|tzdata)==')
+pins=$(.venv/bin/pip list --format=freeze 2>/dev/null | grep -i -E '^(celery|tzlocal|kombu|billiard|vine|amqp|click-didyoumean|click-repl|click-plugins|prompt.toolkit|wcwidth|redis|pydantic-settings|python-dotenv|structlog|boto3|botocore|s3transfer|jmespath|typer|shellingham|tzdata|av)==')
 # shellcheck disable=SC2086
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${plats[@]}" -d "$out" $pins tzdata

@@ -237,13 +237,15 @@ def launched(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return results
 
 
-def start_plain_server(args: argparse.Namespace, env: dict[str, str], out: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+def start_plain_server(
+    args: argparse.Namespace, env: dict[str, str], out: Path, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], list[str]]:
     """An SGLang server as a user starts it (tempered logprobs: no SGLANG_RETURN_ORIGINAL_LOGPROB)."""
     server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
     server_cmd = [*SERVER_CMD.split(), "--model-path", str(args.ckpt / "llava-rand"),
                   "--tokenizer-path", str(args.ckpt / "llava-rand-tok"), "--chat-template", "vicuna_v1.1",
                   "--host", "127.0.0.1", "--port", str(args.port), "--enable-metrics", "--enable-cache-report",
-                  *KIT_FLAGS.split()]
+                  *KIT_FLAGS.split(), *extra]
     server = subprocess.Popen(server_cmd, env=server_env, stdout=(out / "server.log").open("wb"), stderr=subprocess.STDOUT)
     return server, server_cmd
 
@@ -257,6 +259,27 @@ def capacity_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ready_s = wait_http(f"http://127.0.0.1:{args.port}/health", 420, server)
         results: dict[str, Any] = {"mode": "capacity", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
         results |= capacity.run(env, f"http://127.0.0.1:{args.port}", args.redis_port, out, args.jobs)
+    finally:
+        stop(server)
+    return results
+
+
+def rationale_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """``always`` against ``flagged`` on a server started with ``--server-flags`` (one variant per call)."""
+    from tests.gpu import capacity
+
+    env = guardq_env(args.redis_port, args.ckpt, out)
+    extra = tuple(args.server_flags.split())
+    server, server_cmd = start_plain_server(args, env, out, extra)
+    try:
+        url = f"http://127.0.0.1:{args.port}"
+        ready_s = wait_http(url + "/health", 420, server)
+        results: dict[str, Any] = {"mode": "rationale", "label": args.label, "ready_s": round(ready_s, 1),
+                                   "server": " ".join(server_cmd)}
+        for concurrency in (int(c) for c in args.sweep.split(",")):
+            results[f"c{concurrency}"] = capacity.rationale_modes(url, n=args.jobs, concurrency=concurrency)
+            print(concurrency, json.dumps(results[f"c{concurrency}"])[:900], flush=True)
+        results["metrics_after"] = capacity.server_metrics(url)
     finally:
         stop(server)
     return results
@@ -293,24 +316,27 @@ def attached(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["launched", "attached", "capacity"])
+    parser.add_argument("mode", choices=["launched", "attached", "capacity", "rationale"])
     parser.add_argument("--ckpt", type=Path, default=Path("/tmp/ck-7b"))
     parser.add_argument("--jobs", type=int, default=256)
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--redis-port", type=int, default=6390)
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--sweep", default="8,32,128,256")
+    parser.add_argument("--server-flags", default="", help="rationale mode: extra launch_server flags")
+    parser.add_argument("--label", default="default", help="rationale mode: names the output file")
     parser.add_argument("--simulate", action="store_true", help="dry run with the SGLang-protocol test server")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     redis_proc = start_redis(args.redis_port, out)
     try:
-        modes = {"launched": launched, "attached": attached, "capacity": capacity_mode}
+        modes = {"launched": launched, "attached": attached, "capacity": capacity_mode, "rationale": rationale_mode}
         results = modes[args.mode](args, out)
     finally:
         redis_proc.terminate()
-    (out / f"e2e-{args.mode}.json").write_text(json.dumps(results, indent=1, default=str))
+    name = f"{args.mode}-{args.label}" if args.mode == "rationale" else args.mode
+    (out / f"e2e-{name}.json").write_text(json.dumps(results, indent=1, default=str))
     print(json.dumps({k: v for k, v in results.items() if k not in {"probes"}}, default=str)[:3000])
 
 

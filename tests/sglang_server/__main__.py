@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--per-token", type=float, default=0.0, help="seconds per output token")
     parser.add_argument("--max-running", type=int, default=0, help="concurrent requests served (0 = unbounded)")
     parser.add_argument("--enable-cache-report", action="store_true", help="like SGLang: cached_tokens in usage")
+    parser.add_argument("--enable-priority-scheduling", action="store_true", help="like SGLang: admit by priority")
+    parser.add_argument("--default-priority-value", type=int, default=None)
+    parser.add_argument("--max-total-tokens", type=int, default=215_000, help="the KV pool in tokens")
     parser.add_argument("--health-s", type=float, default=0.0, help="seconds /health takes (a real one: >= 1)")
     args, _unknown = parser.parse_known_args()  # tolerate sglang.launch_server flags from the fleet launcher
     sim = SimulatedSGLang(
@@ -35,6 +38,9 @@ def main() -> None:
         max_running=args.max_running or None,
         health_s=args.health_s,
         cache_report=args.enable_cache_report,
+        priority_scheduling=args.enable_priority_scheduling,
+        default_priority=args.default_priority_value,
+        max_total_tokens=args.max_total_tokens,
         # like the real server: untempered logprobs only when its environment says so
         original_logprob=os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in {"1", "true"},
     ).start()

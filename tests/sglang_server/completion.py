@@ -44,23 +44,37 @@ TEMPLATE_TOKENS = 59  # the chat template's system prompt and "USER: ": shared b
 
 
 class RadixStandIn:
-    """SGLang's radix cache, as far as the cached-token count goes: a bounded LRU of (image, policy) prompts; a
-    prompt seen before is computed up to its policy, a new one shares only the template. Caller holds the lock."""
+    """SGLang's radix cache, as far as the cached-token count goes: the (image, policy) prompts of finished requests,
+    least recently used first. A prompt is matched when its request is admitted to a running slot (computed up to
+    its policy if an entry is still there, else only the shared template), and becomes an entry when the request
+    finishes. Admission evicts the least recently used entries until what stays fits the KV pool beside the running
+    requests: on the H200 a continuation queued behind new verdicts found its prefix evicted this way (28 % of its
+    prompt cached, against 99 % when admitted first). Caller holds the lock."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # key -> tokens held
         self._size = size
 
-    def remember(self, key: str, body: dict[str, Any]) -> int:
+    @staticmethod
+    def shared_tokens(body: dict[str, Any]) -> int:
         parts = body["messages"][0]["content"]
         policy = " ".join(str(p.get("text") or "") for p in parts if p.get("type") == "text")
-        shared = TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(policy))
-        hit = key in self._seen
-        self._seen[key] = shared
+        return TEMPLATE_TOKENS + IMAGE_TOKENS + len(tokenize(policy))
+
+    def admit(self, key: str, body: dict[str, Any], *, room: int) -> int:
+        """Tokens of this prompt found cached at admission; then evict until the entries fit in ``room`` tokens."""
+        shared = self.shared_tokens(body)
+        hit = self._seen.pop(key, None) is not None  # in use now: not evictable while it runs
+        while self._seen and sum(self._seen.values()) > max(0, room):
+            self._seen.popitem(last=False)
+        return shared if hit else TEMPLATE_TOKENS
+
+    def finish(self, key: str, body: dict[str, Any]) -> None:
+        """The request's prompt stays cached (most recently used) once it finished."""
+        self._seen[key] = self.shared_tokens(body)
         self._seen.move_to_end(key)
         while len(self._seen) > self._size:
             self._seen.popitem(last=False)
-        return shared if hit else TEMPLATE_TOKENS
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:

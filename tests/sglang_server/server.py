@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import random
 import socket
@@ -78,6 +79,49 @@ class Behaviour:
     cache_report: bool = False  # --enable-cache-report: usage.prompt_tokens_details.cached_tokens in responses
     keepalive_s: float = 5.0  # uvicorn's keep-alive timeout in SGLang
     max_total_tokens: int = 215_000  # the KV pool (what token_usage is a fraction of); ~ the H200's at 0.85
+    # --enable-priority-scheduling: waiting requests are admitted by "priority" (higher first), then arrival;
+    # without a priority a request gets --default-priority-value, else the lowest priority (as 0.5.17 does)
+    priority_scheduling: bool = False
+    default_priority: int | None = None
+
+
+class AdmissionGate:
+    """The running-request cap and its waiting queue: first come first served, or by priority (SGLang's
+    ``--enable-priority-scheduling``). ``limit`` None admits at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._limit: int | None = None
+        self._running = 0
+        self._waiting: list[tuple[int, int]] = []  # a heap of (-priority, arrival)
+        self._arrivals = 0
+
+    def set_limit(self, limit: int | None) -> None:
+        with self._cond:
+            self._limit = limit
+            self._cond.notify_all()
+
+    def acquire(self, priority: int) -> None:
+        with self._cond:
+            if self._limit is None:
+                self._running += 1
+                return
+            self._arrivals += 1
+            ticket = (-priority, self._arrivals)
+            heapq.heappush(self._waiting, ticket)
+            while self._limit is not None and (self._running >= self._limit or self._waiting[0] != ticket):
+                self._cond.wait()
+            # (a limit lifted while waiting: still leave in queue order, so the heap's head is this ticket)
+            while self._waiting[0] != ticket:
+                self._cond.wait()
+            heapq.heappop(self._waiting)  # this ticket: the head
+            self._running += 1
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._running -= 1
+            self._cond.notify_all()
 
 
 class _Server(ThreadingHTTPServer):
@@ -101,7 +145,7 @@ class SimulatedSGLang:
         self.tokens_in_use = 0
         self.in_flight_rids: set[str] = set()
         self.radix = RadixStandIn()  # prompt prefixes seen (image + policy) and their tokens
-        self._slots: threading.BoundedSemaphore | None = None
+        self.gate = AdmissionGate()
         handler = type("Handler", (_Handler,), {"sim": self})
         self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
@@ -136,8 +180,7 @@ class SimulatedSGLang:
                     value = [v if isinstance(v, Rule) else Rule(**{**v, "rgb": tuple(v["rgb"])}) for v in value]
                 setattr(self.behaviour, key, value)
             if "max_running" in changes:
-                limit = changes["max_running"]
-                self._slots = threading.BoundedSemaphore(limit) if limit else None
+                self.gate.set_limit(changes["max_running"] or None)
 
     def add_faults(self, *faults: dict[str, Any]) -> None:
         """Apply these to the next requests, one each: ``{"status": 503}``, ``{"kind": "invalid_json"}``, ..."""
@@ -147,15 +190,21 @@ class SimulatedSGLang:
     def reset(self) -> None:
         with self.lock:
             self.behaviour = Behaviour(model_path=self.behaviour.model_path)
-            self._slots = None
+            self.gate.set_limit(None)
+            self.radix = RadixStandIn()
             self.requests.clear()
             self.peak_running = 0
             self.peak_waiting = 0
 
-    def remember_prefix(self, key: str, body: dict[str, Any]) -> int:
-        """Like SGLang's radix cache: tokens of this prompt already computed (the shared template at least)."""
-        with self.lock:
-            return self.radix.remember(key, body)
+    def priority_of(self, body: dict[str, Any]) -> int:
+        """The request's place in the waiting queue under priority scheduling (0 for all without it)."""
+        b = self.behaviour
+        if not b.priority_scheduling:
+            return 0
+        given = body.get("priority")
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
+        return b.default_priority if b.default_priority is not None else -(2**63)
 
     def _chats(self, *, moderation: bool) -> list[dict[str, Any]]:
         with self.lock:
@@ -353,34 +402,44 @@ class _Handler(BaseHTTPRequestHandler):
         rating, category, rationale, p_unsafe = self.sim.decide(image)
         fingerprint = hashlib.sha1(image.tobytes()).hexdigest()
         text = str(body["messages"][0]["content"][-1].get("text") or "")
-        cached = self.sim.remember_prefix(f"{fingerprint}:{hashlib.sha1(text.encode()).hexdigest()}", body)
-        with self.sim.lock:
-            b = self.sim.behaviour
-            style = Style(
-                b.layout,
-                b.rationale_chars,
-                b.control_chars,
-                b.original_logprob,
-                seed=int(fingerprint[:8], 16),
-                cached_tokens=cached if b.cache_report else None,
-            )
-        payload, generated = build(body, Decision(rating, category, rationale, p_unsafe), style, fault)
-        self._serve_time(generated, prompt_tokens(body))
-        self._send(200, payload)
-
-    def _serve_time(self, n_tokens: int, n_prompt: int) -> None:
-        """Wait like a batching server: queue for a running slot, then prefill + decode (or a fixed latency)."""
+        key = f"{fingerprint}:{hashlib.sha1(text.encode()).hexdigest()}"
         sim = self.sim
-        slots = sim._slots
         with sim.lock:
+            priority = sim.priority_of(body)
             sim.waiting += 1
             sim.peak_waiting = max(sim.peak_waiting, sim.waiting)
         try:
-            if slots is not None:
-                slots.acquire()
+            sim.gate.acquire(priority)  # a running slot: like the scheduler, in queue order
         finally:
             with sim.lock:
                 sim.waiting -= 1
+        try:
+            n_prompt = prompt_tokens(body)
+            with sim.lock:
+                b = sim.behaviour
+                # the radix cache is matched at admission; entries of finished prompts give way to this one
+                reserved = int(body.get("max_tokens") or 0)  # SGLang reserves room for the new tokens too
+                room = b.max_total_tokens - sim.tokens_in_use - n_prompt - reserved
+                cached = sim.radix.admit(key, body, room=room)
+                style = Style(
+                    b.layout,
+                    b.rationale_chars,
+                    b.control_chars,
+                    b.original_logprob,
+                    seed=int(fingerprint[:8], 16),
+                    cached_tokens=cached if b.cache_report else None,
+                )
+            payload, generated = build(body, Decision(rating, category, rationale, p_unsafe), style, fault)
+            self._serve_time(generated, n_prompt)
+            with sim.lock:
+                sim.radix.finish(key, body)
+        finally:
+            sim.gate.release()
+        self._send(200, payload)
+
+    def _serve_time(self, n_tokens: int, n_prompt: int) -> None:
+        """Hold a running slot like a batching server: prefill + decode (or a fixed latency)."""
+        sim = self.sim
         with sim.lock:
             sim.running += 1
             sim.tokens_in_use += n_prompt + n_tokens
@@ -394,5 +453,3 @@ class _Handler(BaseHTTPRequestHandler):
             with sim.lock:
                 sim.running -= 1
                 sim.tokens_in_use -= n_prompt + n_tokens
-            if slots is not None:
-                slots.release()

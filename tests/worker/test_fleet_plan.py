@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_a_single_gpu_model_gets_one_pinned_server_and_one_worker_per_gpu(model:
     for i, slot in enumerate(plan.slots):
         assert slot.server is not None
         assert (
-            f"CUDA_VISIBLE_DEVICES={i} SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics --enable-cache-report"
+            f"CUDA_VISIBLE_DEVICES={i} SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
             == slot.server.shell()
         )
         assert worker_line(f"gpu{i}", str(i), 30000 + i, 9400 + i, model) == slot.worker.shell()
@@ -80,11 +81,11 @@ def test_34b_runs_tensor_parallel_on_two_gpus_per_server() -> None:
     first, second = plan.slots
     assert first.server is not None and second.server is not None
     assert (
-        f"CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics --enable-cache-report"
+        f"CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
         == first.server.shell()
     )
     assert (
-        f"CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics --enable-cache-report"
+        f"CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
         == second.server.shell()
     )
     assert worker_line("gpu2-3", "2,3", 30001, 9401, "AIML-TUDA/LlavaGuard-34B") == second.worker.shell()
@@ -214,7 +215,7 @@ def test_guardq_worker_dry_run_prints_every_command_and_its_environment() -> Non
     assert 2 == len(servers) == len(workers)
     assert servers[0].startswith(f"server: CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
     assert servers[1].startswith(f"server: CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
-    assert "--port 30001 --tp 2 --enable-metrics --enable-cache-report" in servers[1]
+    assert "--port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0" in servers[1]
     assert "GUARDQ_GPU=2,3 GUARDQ_METRICS_PORT=9401" in workers[1]
 
 
@@ -256,3 +257,20 @@ def test_pre_staged_weights_replace_the_hub_ids_in_the_server_command() -> None:
     assert "/models/llava-rand" == argv[argv.index("--model-path") + 1]
     assert "/models/llava-rand-tok" == argv[argv.index("--tokenizer-path") + 1]
     assert "vicuna_v1.1" == argv[argv.index("--chat-template") + 1]  # still the registry's template
+
+
+@pytest.mark.parametrize(
+    ("extra", "added"),
+    [
+        ("", True),
+        ("--schedule-policy fcfs", True),
+        ("--schedule-policy=lof", True),
+        ("--schedule-policy lpm", False),  # SGLang 0.5.17 refuses priority scheduling beside lpm
+        ("--schedule-policy=dfs-weight", False),
+        ("--enable-priority-scheduling --schedule-low-priority-values-first", False),  # the operator's own
+    ],
+)
+def test_launched_servers_admit_by_priority_unless_the_operators_flags_rule_it_out(extra: str, added: bool) -> None:
+    from worker.fleet.launcher import priority_scheduling_fits
+
+    assert added == priority_scheduling_fits(shlex.split(extra))

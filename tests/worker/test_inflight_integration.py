@@ -78,5 +78,7 @@ def test_a_default_worker_fills_the_server_and_leaves_the_backlog_in_redis(
     assert batching_server.peak_waiting <= Band().high(CAPACITY) + CAPACITY // 2
     # the backlog waited in Redis, not in the worker: most of the jobs were still queued a second in
     assert max(depth[:20]) > len(jobs) // 2
-    ideal = len(jobs) * 0.25 / CAPACITY  # 5 s for a server kept full from the first second
-    assert wall < ideal * 1.6, f"{wall:.1f}s for {len(jobs)} jobs (ideal {ideal:.1f}s)"
+    # 5 s for a server kept full from the first second. The figure itself is a benchmark's (make bench, P1); here a
+    # wide bound on a shared 2-core box: a worker stuck at a low limit takes 10-80 s (1 in flight: 80 s).
+    ideal = len(jobs) * 0.25 / CAPACITY
+    assert wall < ideal * 2.0, f"{wall:.1f}s for {len(jobs)} jobs (ideal {ideal:.1f}s)"

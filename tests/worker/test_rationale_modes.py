@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 
@@ -10,6 +12,7 @@ from schemas.models import get_model
 from schemas.policy import Policy
 from schemas.settings import Settings
 from schemas.taxonomy import PromptVersion
+from schemas.verdict import Verdict
 from tests import images
 from tests.sglang_server import SimulatedSGLang
 from tests.sglang_server.server import Rule
@@ -119,3 +122,72 @@ def test_a_verdict_text_the_prefix_cannot_be_rebuilt_from_falls_back_to_one_pass
     assert ["rating", "category", "rationale"] == list(
         sim.chat_requests()[-1]["body"]["response_format"]["json_schema"]["schema"]["properties"]
     )
+
+
+@dataclass(frozen=True)
+class ChosenMix(InferenceRequest):
+    """Random weights (and the test server's default rule) cannot choose the mix: the test says what is flagged."""
+
+    chosen: bool = False
+
+    def flagged(self, verdict: Verdict) -> bool:
+        return self.chosen
+
+
+@pytest.mark.parametrize("scheduling", ["fcfs", "priority"])
+def test_under_saturation_a_continuation_finds_its_prefix_cached_only_when_admitted_ahead_of_new_verdicts(
+    sim: SimulatedSGLang, scheduling: str
+) -> None:
+    """What the H200 showed (docs/data/sglang-0.5.17-rationale-{fcfs,priority}.json): with more verdicts waiting
+    than the KV pool holds, a continuation queued behind them (first come first served) found 28 % of its prompt
+    cached; admitted first (guardq's priority 1 over 0 under --enable-priority-scheduling) it found 99 %."""
+    model = get_model("AIML-TUDA/LlavaGuard-7B")
+    backend = SGLangBackend(Settings(sglang_url=sim.url), model)
+    try:
+        sim.configure(cache_report=True)
+        prompt = backend.infer(request(BLUE)).prompt_tokens or 0
+        # 8 running; the pool holds them (prompt + reserved new tokens) and eight finished prompts besides, far
+        # fewer than the 40 verdicts waiting ahead of a continuation that queues at the back
+        sim.configure(
+            max_running=8,
+            latency_s=0.1,
+            priority_scheduling=scheduling == "priority",
+            max_total_tokens=8 * (prompt + 500) + 8 * prompt,
+        )
+        text = Policy().text(PromptVersion.V1_0)
+        batch = [
+            ChosenMix(
+                image=prepare_image(images.solid((i, 100, 200)), max_side=336, max_pixels=10**8),
+                policy_text=text,
+                rid=f"mix.{i}",
+                flagged_only=True,
+                chosen=i % 10 == 0,
+            )
+            for i in range(80)
+        ]
+        with ThreadPoolExecutor(48) as pool:
+            results = list(pool.map(backend.infer, batch))
+    finally:
+        backend.close()
+    assert 8 == sum(1 for r in results if r.verdict.rationale is not None)  # every flagged verdict has its rationale
+    shares = [
+        int(r.extra["continuation_cached_tokens"] or 0) / int(r.extra["continuation_prompt_tokens"] or 1)
+        for r in results
+        if r.extra.get("rationale_step") == "continued"
+    ]
+    assert 8 == len(shares)
+    if scheduling == "priority":
+        assert min(shares) >= 0.95, shares
+    else:
+        assert sum(1 for share in shares if share < 0.5) >= 4, shares  # most were evicted while they queued
+
+
+def test_verdicts_go_out_at_priority_0_and_continuations_at_1_unless_priorities_are_off(sim: SimulatedSGLang) -> None:
+    for setting, expected in ((True, [0, 1]), (False, [None, None])):
+        sim.reset()
+        client = SGLangBackend(Settings(sglang_url=sim.url, sglang_priority=setting), get_model("AIML-TUDA/LlavaGuard-7B"))
+        try:
+            client.infer(request(RED, flagged_only=True))
+        finally:
+            client.close()
+        assert expected == [r["body"].get("priority") for r in sim.chat_requests()]

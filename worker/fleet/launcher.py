@@ -85,6 +85,21 @@ def size_concurrency(settings: Settings, explicit: int | None = None) -> int | N
 SERVER_ENV = {"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}
 
 
+def priority_scheduling_fits(extra: list[str]) -> bool:
+    """Whether the launcher adds ``--enable-priority-scheduling`` (rationale continuations admitted ahead of new
+    verdicts: ``worker.inference.continuation``): not when the operator's flags set it already, nor beside a
+    ``--schedule-policy`` other than ``fcfs``/``lof``, which SGLang 0.5.17 refuses to combine with it."""
+    if "--enable-priority-scheduling" in extra:
+        return False
+    for i, word in enumerate(extra):
+        policy = word.split("=", 1)[1] if word.startswith("--schedule-policy=") else None
+        if word == "--schedule-policy" and i + 1 < len(extra):
+            policy = extra[i + 1]
+        if policy is not None and policy not in {"fcfs", "lof"}:
+            return False
+    return True
+
+
 def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tuple[str, ...], tp: int) -> Command:
     """``<launch cmd> --model-path ... --chat-template ... --port P --enable-metrics ...`` pinned to ``gpus``."""
     server_args = model.sglang_server_args(
@@ -97,6 +112,9 @@ def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tup
     argv = [*settings.sglang_launch_words(), *server_args]
     # /metrics for the worker's in-flight control and Prometheus; cached-token counts in every response's usage
     argv += ["--enable-metrics", "--enable-cache-report"]
+    extra = shlex.split(settings.sglang_extra_args)
+    if settings.sglang_priority and priority_scheduling_fits(extra):
+        argv += ["--enable-priority-scheduling", "--default-priority-value", "0"]
     optional = {
         "--mem-fraction-static": settings.sglang_mem_fraction_static,
         "--max-running-requests": settings.sglang_max_running_requests,
@@ -105,7 +123,7 @@ def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tup
     for flag, value in optional.items():
         if value is not None:
             argv += [flag, str(value)]
-    argv += shlex.split(settings.sglang_extra_args)
+    argv += extra
     return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus), **SERVER_ENV})
 
 

@@ -29,7 +29,7 @@ from schemas.models import ModelSpec
 from schemas.settings import Settings
 from schemas.verdict import ScoreMethod, verdict_json_schema
 from worker.inference.base import InferenceRequest, InferenceResult
-from worker.inference.continuation import continuation_body, parse_rationale, rationale_prefix
+from worker.inference.continuation import VERDICT_PRIORITY, continuation_body, parse_rationale, rationale_prefix
 from worker.inference.http import TRANSPORT_ERRORS, HttpClient
 from worker.inference.loads import loads_from_json, loads_from_metrics
 from worker.inference.output import InvalidModelOutput, parse_truncated, parse_verdict
@@ -103,6 +103,8 @@ class SGLangBackend:
             "max_tokens": s.max_new_tokens,
             "rid": request.rid,
         }
+        if s.sglang_priority:
+            body["priority"] = VERDICT_PRIORITY
         if request.want_score:
             body["logprobs"] = True
             body["top_logprobs"] = s.score_top_logprobs
