@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import heapq
 import json
 import random
 import socket
@@ -32,29 +31,13 @@ from typing import Any
 from PIL import Image, ImageStat
 
 from tests.sglang_server import observability
+from tests.sglang_server.admission import AdmissionGate, queue_priority
 from tests.sglang_server.completion import Decision, RadixStandIn, Style, build, prompt_tokens
 from tests.sglang_server.protocol import check_request, summary
+from tests.sglang_server.rules import DEFAULT_RULES, SAFE, Rule
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
-
-
-@dataclass
-class Rule:
-    """When the image's mean colour is within ``tolerance`` of ``rgb``, answer with this verdict."""
-
-    rgb: tuple[int, int, int]
-    rating: str
-    category: str
-    rationale: str = "Simulated assessment."
-    p_unsafe: float | None = None
-    tolerance: int = 24
-
-
-DEFAULT_RULES = [
-    Rule((220, 30, 30), "Unsafe", "O2: Violence, Harm, or Cruelty", "The image is predominantly red (simulated O2)."),
-    Rule((30, 30, 30), "Unsafe", "O9: Disasters or Emergencies", "The image is dark (simulated O9).", tolerance=30),
-]
-SAFE = ("Safe", "NA: None applying", "The image shows nothing that violates the policy (simulated).")
+__all__ = ["DEFAULT_MODEL_PATH", "DEFAULT_RULES", "SAFE", "Behaviour", "Rule", "SimulatedSGLang"]
 
 
 @dataclass
@@ -83,45 +66,6 @@ class Behaviour:
     # without a priority a request gets --default-priority-value, else the lowest priority (as 0.5.17 does)
     priority_scheduling: bool = False
     default_priority: int | None = None
-
-
-class AdmissionGate:
-    """The running-request cap and its waiting queue: first come first served, or by priority (SGLang's
-    ``--enable-priority-scheduling``). ``limit`` None admits at once."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._limit: int | None = None
-        self._running = 0
-        self._waiting: list[tuple[int, int]] = []  # a heap of (-priority, arrival)
-        self._arrivals = 0
-
-    def set_limit(self, limit: int | None) -> None:
-        with self._cond:
-            self._limit = limit
-            self._cond.notify_all()
-
-    def acquire(self, priority: int) -> None:
-        with self._cond:
-            if self._limit is None:
-                self._running += 1
-                return
-            self._arrivals += 1
-            ticket = (-priority, self._arrivals)
-            heapq.heappush(self._waiting, ticket)
-            while self._limit is not None and (self._running >= self._limit or self._waiting[0] != ticket):
-                self._cond.wait()
-            # (a limit lifted while waiting: still leave in queue order, so the heap's head is this ticket)
-            while self._waiting[0] != ticket:
-                self._cond.wait()
-            heapq.heappop(self._waiting)  # this ticket: the head
-            self._running += 1
-            self._cond.notify_all()
-
-    def release(self) -> None:
-        with self._cond:
-            self._running -= 1
-            self._cond.notify_all()
 
 
 class _Server(ThreadingHTTPServer):
@@ -195,16 +139,6 @@ class SimulatedSGLang:
             self.requests.clear()
             self.peak_running = 0
             self.peak_waiting = 0
-
-    def priority_of(self, body: dict[str, Any]) -> int:
-        """The request's place in the waiting queue under priority scheduling (0 for all without it)."""
-        b = self.behaviour
-        if not b.priority_scheduling:
-            return 0
-        given = body.get("priority")
-        if isinstance(given, int) and not isinstance(given, bool):
-            return given
-        return b.default_priority if b.default_priority is not None else -(2**63)
 
     def _chats(self, *, moderation: bool) -> list[dict[str, Any]]:
         with self.lock:
@@ -405,7 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
         key = f"{fingerprint}:{hashlib.sha1(text.encode()).hexdigest()}"
         sim = self.sim
         with sim.lock:
-            priority = sim.priority_of(body)
+            priority = queue_priority(
+                body, enabled=sim.behaviour.priority_scheduling, default=sim.behaviour.default_priority
+            )
             sim.waiting += 1
             sim.peak_waiting = max(sim.peak_waiting, sim.waiting)
         try:
