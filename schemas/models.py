@@ -60,7 +60,8 @@ class ModelSpec(BaseModel):
 
     def image_side(self, detail: str) -> int:
         """Longest side sent to the model at an image-detail level: ``native`` (what the processor can use) or
-        ``base`` (one base tile: LLaVA-1.6's anyres and OneVision's anyres_max_9 then add no high-resolution tiles)."""
+        ``base`` (the base tile's side: the anyres processors then pick their smallest grid, which is two tiles plus the
+        base image for LLaVA-1.6 and one tile plus the base image for OneVision; docs/performance.md counts them)."""
         return self.base_image_side if detail == "base" else self.image_max_side
 
     @property
