@@ -81,22 +81,27 @@ class InflightController:
         self._at_server = at_server
         self.apply = apply  # replaced when the consumer restarts (a new QoS object after a broker reconnect)
         self._band = band or Band()
-        self._samples: deque[ServerLoad] = deque(maxlen=window)
+        self._samples: deque[tuple[ServerLoad, int]] = deque(maxlen=window)  # with this worker's count there
         self.last_load: ServerLoad | None = None
 
     def sample(self) -> None:
         """Record one load sample (called a few times per decision, so a momentary dip is not a trend)."""
         load = self._read_load()
         if load is not None:
-            self._samples.append(load)
+            self._samples.append((load, self._at_server()))
             self.last_load = load
 
     def decide(self) -> int:
         """One control step from the samples since the last one; returns the (possibly new) limit."""
-        samples = list(self._samples)
+        pairs = list(self._samples)
         self._samples.clear()
-        if not samples:
+        if not pairs:
             return self.limit  # no load signal (a router, an older server): keep the limit
+        samples = [load for load, _ in pairs]
+        # A short queue says the limit is what keeps the server short only while most of the allowance was at the
+        # server: one seen while the worker's jobs were still in its own CPU stages (its first second, a burst of
+        # fetches) is no reason to grow; growing on it overshot by half a limit on a loaded two-core box.
+        full = [load.waiting for load, there in pairs if there >= 0.75 * self.limit]
         running = max(s.running for s in samples)
         peak_queue, least_queue = max(s.waiting for s in samples), min(s.waiting for s in samples)
         high = self._band.high(running)
@@ -109,7 +114,8 @@ class InflightController:
             if holding <= self.limit and self._at_server() > 0:
                 new = max(self.limit // 2, self.limit - (least_queue - high))
         elif (
-            peak_queue < self._band.queue_low
+            full
+            and max(full) < self._band.queue_low
             and self._backlog() > 0
             and holding >= self.limit - 1
             # Grow only if the limit is what keeps the server short: most of what the worker holds must be at the

@@ -9,41 +9,54 @@ from typing import Any
 
 class AdmissionGate:
     """The running-request cap and its waiting queue: first come first served, or by priority (SGLang's
-    ``--enable-priority-scheduling``). ``limit`` None admits at once."""
+    ``--enable-priority-scheduling``). ``limit`` None admits at once. A freed slot goes straight to the head of the
+    queue, so ``waiting`` (what ``num_queue_reqs`` reports) never counts a request whose slot is already free."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._limit: int | None = None
         self._running = 0
-        self._waiting: list[tuple[int, int]] = []  # a heap of (-priority, arrival)
+        self._queue: list[tuple[int, int]] = []  # a heap of (-priority, arrival)
+        self._granted: set[tuple[int, int]] = set()
         self._arrivals = 0
+        self.waiting = 0
+        self.peak_waiting = 0
 
     def set_limit(self, limit: int | None) -> None:
         with self._cond:
             self._limit = limit
-            self._cond.notify_all()
+            self._grant()
+
+    def reset_peak(self) -> None:
+        with self._cond:
+            self.peak_waiting = self.waiting
 
     def acquire(self, priority: int) -> None:
         with self._cond:
-            if self._limit is None:
+            if self._limit is None or (self._running < self._limit and not self._queue):
                 self._running += 1
                 return
             self._arrivals += 1
             ticket = (-priority, self._arrivals)
-            heapq.heappush(self._waiting, ticket)
-            while self._limit is not None and (self._running >= self._limit or self._waiting[0] != ticket):
+            heapq.heappush(self._queue, ticket)
+            self.waiting += 1
+            self.peak_waiting = max(self.peak_waiting, self.waiting)
+            while ticket not in self._granted:
                 self._cond.wait()
-            # (a limit lifted while waiting: still leave in queue order, so the heap's head is this ticket)
-            while self._waiting[0] != ticket:
-                self._cond.wait()
-            heapq.heappop(self._waiting)  # this ticket: the head
-            self._running += 1
-            self._cond.notify_all()
+            self._granted.remove(ticket)
 
     def release(self) -> None:
         with self._cond:
             self._running -= 1
-            self._cond.notify_all()
+            self._grant()
+
+    def _grant(self) -> None:
+        """Hand free slots to the head of the queue (caller holds the condition)."""
+        while self._queue and (self._limit is None or self._running < self._limit):
+            self._granted.add(heapq.heappop(self._queue))
+            self._running += 1
+            self.waiting -= 1
+        self._cond.notify_all()
 
 
 def queue_priority(body: dict[str, Any], *, enabled: bool, default: int | None) -> int:

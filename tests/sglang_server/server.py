@@ -83,9 +83,7 @@ class SimulatedSGLang:
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()  # open client connections, closed by stop()
         self.running = 0
-        self.waiting = 0
         self.peak_running = 0
-        self.peak_waiting = 0
         self.tokens_in_use = 0
         self.in_flight_rids: set[str] = set()
         self.radix = RadixStandIn()  # prompt prefixes seen (image + policy) and their tokens
@@ -94,6 +92,15 @@ class SimulatedSGLang:
         self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="sglang-sim", daemon=True)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a running slot (``num_queue_reqs``)."""
+        return self.gate.waiting
+
+    @property
+    def peak_waiting(self) -> int:
+        return self.gate.peak_waiting
 
     @property
     def url(self) -> str:
@@ -138,7 +145,7 @@ class SimulatedSGLang:
             self.radix = RadixStandIn()
             self.requests.clear()
             self.peak_running = 0
-            self.peak_waiting = 0
+            self.gate.reset_peak()
 
     def _chats(self, *, moderation: bool) -> list[dict[str, Any]]:
         with self.lock:
@@ -342,13 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             priority = queue_priority(
                 body, enabled=sim.behaviour.priority_scheduling, default=sim.behaviour.default_priority
             )
-            sim.waiting += 1
-            sim.peak_waiting = max(sim.peak_waiting, sim.waiting)
-        try:
-            sim.gate.acquire(priority)  # a running slot: like the scheduler, in queue order
-        finally:
-            with sim.lock:
-                sim.waiting -= 1
+        sim.gate.acquire(priority)  # a running slot: like the scheduler, in queue order
         try:
             n_prompt = prompt_tokens(body)
             with sim.lock:

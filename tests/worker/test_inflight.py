@@ -99,6 +99,20 @@ def test_no_growth_when_the_workers_own_cpu_stages_hold_the_jobs() -> None:
     assert [32] * 4 == run(ctl, 4)
 
 
+def test_a_short_queue_seen_while_the_jobs_were_still_here_is_no_reason_to_grow() -> None:
+    """The worker's first second: its 32 jobs are fetching and decoding, the server (16 at once) looks idle; by the
+    decision they have arrived and queue. Growing on those samples overshot by half a limit (queue 32 for 16)."""
+    server = Server(16)
+    ctl = controller(server)
+    there = {"n": 4}  # sampled while 28 of the 32 were still in the worker's CPU stages
+    ctl._at_server = lambda: there["n"]
+    ctl._read_load = lambda: ServerLoad(running=there["n"], waiting=0)
+    for _ in range(3):
+        ctl.sample()
+    there["n"] = 32  # at decision time all have reached the server
+    assert 32 == ctl.decide()
+
+
 def test_a_deep_queue_is_cut_once_not_again_while_the_cut_is_still_draining() -> None:
     server = Server(128)
     ctl = controller(server, start=600)
