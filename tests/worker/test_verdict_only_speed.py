@@ -67,8 +67,13 @@ def test_verdict_only_finishes_a_batch_faster(
     s3_client.put_object(Bucket=BUCKET, Key=key, Body=images.solid(GREY))
     uri = f"s3://{BUCKET}/{key}"
     runner.run(ModerationJob(image=ImageRef.parse(uri)), timeout_s=30)  # warm the worker's clients
-    full = timed_batch(runner, uri, verdict_only=False)
-    short = timed_batch(runner, uri, verdict_only=True)
+    # The best of three interleaved runs each: one batch takes a second or two, and a stall of the shared 2-core box
+    # in one of them (seen in CI: a verdict-only batch slower than the full one) is noise, not the mode's speed.
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(3):
+        for verdict_only in (False, True):
+            runs[verdict_only].append(timed_batch(runner, uri, verdict_only=verdict_only))
+    full, short = min(runs[False]), min(runs[True])
     speedup = full / short
     print(
         f"\nverdict-only [{JOBS} jobs, {SLOTS} slots, prefill {PREFILL_S}s, {PER_TOKEN_S}s/token]: "
