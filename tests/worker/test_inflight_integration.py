@@ -78,7 +78,11 @@ def test_a_default_worker_fills_the_server_and_leaves_the_backlog_in_redis(
     assert batching_server.peak_waiting <= Band().high(CAPACITY) + CAPACITY // 2
     # the backlog waited in Redis, not in the worker: most of the jobs were still queued a second in
     assert max(depth[:20]) > len(jobs) // 2
-    # 5 s for a server kept full from the first second. The figure itself is a benchmark's (make bench, P1); here a
-    # wide bound on a shared 2-core box: a worker stuck at a low limit takes 10-80 s (1 in flight: 80 s).
+    peaks = batching_server.peak_running, batching_server.peak_waiting
+    print(f"\n{len(jobs)} jobs in {wall:.1f}s; peak running {peaks[0]}, waiting {peaks[1]}")
+    # 5 s for a server kept full from the first second. The throughput figure is a benchmark's (make bench, P1:
+    # default worker against a direct client on the same box); here only a wide bound, because a suite on two
+    # shared cores starves the worker's own CPU stages (7.6-10.5 s measured with one busy core): a worker stuck at
+    # 5 or fewer in flight takes 16 s or more.
     ideal = len(jobs) * 0.25 / CAPACITY
-    assert wall < ideal * 2.0, f"{wall:.1f}s for {len(jobs)} jobs (ideal {ideal:.1f}s)"
+    assert wall < ideal * 3.0, f"{wall:.1f}s for {len(jobs)} jobs (ideal {ideal:.1f}s)"
