@@ -10,53 +10,52 @@ from typing import Any
 class AdmissionGate:
     """The running-request cap and its waiting queue: first come first served, or by priority (SGLang's
     ``--enable-priority-scheduling``). ``limit`` None admits at once. A freed slot goes straight to the head of the
-    queue, so ``waiting`` (what ``num_queue_reqs`` reports) never counts a request whose slot is already free."""
+    queue, so ``waiting`` (what ``num_queue_reqs`` reports) never counts a request whose slot is already free; each
+    waiter sleeps on an event of its own, so a release wakes one thread, not hundreds (P1 queues 640)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._limit: int | None = None
         self._running = 0
         self._queue: list[tuple[int, int]] = []  # a heap of (-priority, arrival)
-        self._granted: set[tuple[int, int]] = set()
+        self._events: dict[tuple[int, int], threading.Event] = {}
         self._arrivals = 0
         self.waiting = 0
         self.peak_waiting = 0
 
     def set_limit(self, limit: int | None) -> None:
-        with self._cond:
+        with self._lock:
             self._limit = limit
             self._grant()
 
     def reset_peak(self) -> None:
-        with self._cond:
+        with self._lock:
             self.peak_waiting = self.waiting
 
     def acquire(self, priority: int) -> None:
-        with self._cond:
+        with self._lock:
             if self._limit is None or (self._running < self._limit and not self._queue):
                 self._running += 1
                 return
             self._arrivals += 1
             ticket = (-priority, self._arrivals)
+            granted = self._events[ticket] = threading.Event()
             heapq.heappush(self._queue, ticket)
             self.waiting += 1
             self.peak_waiting = max(self.peak_waiting, self.waiting)
-            while ticket not in self._granted:
-                self._cond.wait()
-            self._granted.remove(ticket)
+        granted.wait()
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._running -= 1
             self._grant()
 
     def _grant(self) -> None:
-        """Hand free slots to the head of the queue (caller holds the condition)."""
+        """Hand free slots to the head of the queue (caller holds the lock)."""
         while self._queue and (self._limit is None or self._running < self._limit):
-            self._granted.add(heapq.heappop(self._queue))
+            self._events.pop(heapq.heappop(self._queue)).set()
             self._running += 1
             self.waiting -= 1
-        self._cond.notify_all()
 
 
 def queue_priority(body: dict[str, Any], *, enabled: bool, default: int | None) -> int:
