@@ -53,6 +53,7 @@ class RadixStandIn:
 
     def __init__(self, size: int = 4096) -> None:
         self._seen: OrderedDict[str, int] = OrderedDict()  # key -> tokens held
+        self._held = 0  # their sum, kept as they come and go (a sum per eviction stalled P1 at C = 512)
         self._size = size
 
     @staticmethod
@@ -64,17 +65,18 @@ class RadixStandIn:
     def admit(self, key: str, body: dict[str, Any], *, room: int) -> int:
         """Tokens of this prompt found cached at admission; then evict until the entries fit in ``room`` tokens."""
         shared = self.shared_tokens(body)
-        hit = self._seen.pop(key, None) is not None  # in use now: not evictable while it runs
-        while self._seen and sum(self._seen.values()) > max(0, room):
-            self._seen.popitem(last=False)
-        return shared if hit else TEMPLATE_TOKENS
+        held = self._seen.pop(key, None)  # in use now: not evictable while it runs
+        self._held -= held or 0
+        while self._seen and self._held > max(0, room):
+            self._held -= self._seen.popitem(last=False)[1]
+        return shared if held is not None else TEMPLATE_TOKENS
 
     def finish(self, key: str, body: dict[str, Any]) -> None:
         """The request's prompt stays cached (most recently used) once it finished."""
+        self._held += self.shared_tokens(body) - self._seen.pop(key, 0)
         self._seen[key] = self.shared_tokens(body)
-        self._seen.move_to_end(key)
         while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
+            self._held -= self._seen.popitem(last=False)[1]
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
