@@ -2,6 +2,7 @@
 # guardq against a real SGLang 0.5.17 on the lent GPU machine; run from the repository root there.
 #   bash tests/gpu/device.sh install .whl1|.whl2|.whl3   one carry per call (the machine keeps /tmp while warm)
 #   bash tests/gpu/device.sh build                       random-weight LLaVA-1.5-7B-shaped checkpoint in /tmp/ck-7b
+#   bash tests/gpu/device.sh build-ov                    random-weight LlavaGuard-v1.2-7B-OV-shaped checkpoint in /tmp/ck-ov
 #   bash tests/gpu/device.sh e2e launched|attached [args] tests/gpu/run_e2e.py, results under $OUT
 # Prepare the carries here first: bash tests/gpu/sglang_wheels.sh /tmp/sgw && cp -r /tmp/sgw/part1 .whl1 &&
 #   cp -r /tmp/sgw/part2 .whl2 && bash tests/gpu/project_wheels.sh .whl3   (all three ignored by git)
@@ -28,6 +29,9 @@ for m in ('sglang', 'celery', 'kombu', 'structlog', 'pydantic_settings', 'boto3'
   build)
     t=$(date +%s); [ -f /tmp/ck-7b/llava-rand/config.json ] || python3 tests/gpu/fake_llava_ckpt.py /tmp/ck-7b --size 7b > "$OUT/ckpt7b.json"
     echo "checkpoint in $(( $(date +%s) - t )) s"; du -sh /tmp/ck-7b/* ; nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv ;;
+  build-ov)
+    t=$(date +%s); [ -f /tmp/ck-ov/ov-rand/config.json ] || python3 tests/gpu/fake_onevision_ckpt.py /tmp/ck-ov --size 7b > "$OUT/ckpt-ov.json"
+    echo "checkpoint in $(( $(date +%s) - t )) s"; du -sh /tmp/ck-ov/* ; nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv ;;
   e2e)
     shift; python3 tests/gpu/run_e2e.py "$@" 2>&1 | tail -40 ;;
 esac
