@@ -49,8 +49,13 @@ def server_metrics(url: str) -> dict[str, str]:
     return {line.split("{")[0]: line for line in text.splitlines() if line.startswith(keep)}
 
 
-def saturation(env: dict[str, str], url: str, redis_port: int, n: int) -> dict[str, Any]:
-    results: dict[str, Any] = {"direct": [direct(url, c, n, 7_000_000 + c * 1000) for c in (64, 128)]}
+def saturation(env: dict[str, str], url: str, redis_port: int, n: int, sweep: tuple[int, ...] = (64, 128)) -> dict[str, Any]:
+    """The direct client over ``sweep`` (several waves per point: at least 64 requests and twice C), then the
+    default worker on ``n`` jobs, minutes apart on the same server."""
+    results: dict[str, Any] = {"direct": []}
+    for c in sweep:
+        results["direct"].append(direct(url, c, max(64, 2 * c), 7_000_000 + c * 1000))
+        print("direct", results["direct"][-1], flush=True)
     ids, started, after = enqueue(env, n, 8_000_000, verdict_only=True)
     stop, limits = threading.Event(), []
     sampler = threading.Thread(target=sample_limit, args=(redis_port, "attached@gpu", stop, limits), daemon=True)
@@ -169,10 +174,13 @@ def rationale_modes(url: str, n: int = 128, concurrency: int = 128) -> dict[str,
     return out
 
 
-def run(env: dict[str, str], url: str, redis_port: int, out: Path, n: int) -> dict[str, Any]:
+def run(
+    env: dict[str, str], url: str, redis_port: int, out: Path, n: int, *, sweep: tuple[int, ...], rationale: bool = True
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    results["rationale_modes"] = rationale_modes(url)
-    print("rationale_modes", json.dumps(results["rationale_modes"])[:800], flush=True)
+    if rationale:
+        results["rationale_modes"] = rationale_modes(url)
+        print("rationale_modes", json.dumps(results["rationale_modes"])[:800], flush=True)
     (out / "worker").mkdir(exist_ok=True)
     worker = subprocess.Popen(
         [sys.executable, "-m", "worker", "--sglang-url", url, "--hostname", "attached@gpu", "--model", MODEL],
@@ -181,7 +189,7 @@ def run(env: dict[str, str], url: str, redis_port: int, out: Path, n: int) -> di
     )
     try:
         wait_node(redis_port, "attached@gpu", worker)
-        results["saturation"] = saturation(env, url, redis_port, n)
+        results["saturation"] = saturation(env, url, redis_port, n, sweep)
         print("saturation", json.dumps({k: v for k, v in results["saturation"].items() if k != "limits"})[:1500], flush=True)
         results["interactive_under_backlog"] = interactive_under_backlog(env, redis_port)
         print("interactive", results["interactive_under_backlog"], flush=True)

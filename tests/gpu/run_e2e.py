@@ -258,7 +258,9 @@ def capacity_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     try:
         ready_s = wait_http(f"http://127.0.0.1:{args.port}/health", 420, server)
         results: dict[str, Any] = {"mode": "capacity", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
-        results |= capacity.run(env, f"http://127.0.0.1:{args.port}", args.redis_port, out, args.jobs)
+        sweep = tuple(int(c) for c in args.sweep.split(","))
+        url = f"http://127.0.0.1:{args.port}"
+        results |= capacity.run(env, url, args.redis_port, out, args.jobs, sweep=sweep, rationale=args.rationale)
     finally:
         stop(server)
     return results
@@ -279,6 +281,41 @@ def rationale_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for concurrency in (int(c) for c in args.sweep.split(",")):
             results[f"c{concurrency}"] = capacity.rationale_modes(url, n=args.jobs, concurrency=concurrency)
             print(concurrency, json.dumps(results[f"c{concurrency}"])[:900], flush=True)
+        results["metrics_after"] = capacity.server_metrics(url)
+    finally:
+        stop(server)
+    return results
+
+
+def detail_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Images/s per image-detail level with the OneVision 7B shape (``tests/gpu/detail.py``)."""
+    from tests.gpu import capacity, detail
+
+    env = guardq_env(args.redis_port, args.ckpt, out)
+    server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
+    server_cmd = [
+        *SERVER_CMD.split(),
+        "--model-path",
+        str(args.ckpt / "ov-rand"),
+        "--chat-template",
+        "chatml-llava",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--enable-metrics",
+        "--enable-cache-report",
+        *KIT_FLAGS.split(),
+    ]
+    server = subprocess.Popen(
+        server_cmd, env=server_env, stdout=(out / "server-ov.log").open("wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{args.port}"
+        ready_s = wait_http(url + "/health", 420, server)
+        print("ov server ready after", round(ready_s, 1), "s", flush=True)
+        results: dict[str, Any] = {"mode": "detail", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
+        results |= detail.run(url, sweep=tuple(int(c) for c in args.sweep.split(",")), n=args.jobs)
         results["metrics_after"] = capacity.server_metrics(url)
     finally:
         stop(server)
@@ -316,7 +353,7 @@ def attached(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["launched", "attached", "capacity", "rationale"])
+    parser.add_argument("mode", choices=["launched", "attached", "capacity", "rationale", "detail"])
     parser.add_argument("--ckpt", type=Path, default=Path("/tmp/ck-7b"))
     parser.add_argument("--jobs", type=int, default=256)
     parser.add_argument("--port", type=int, default=30000)
@@ -325,13 +362,15 @@ def main() -> None:
     parser.add_argument("--sweep", default="8,32,128,256")
     parser.add_argument("--server-flags", default="", help="rationale mode: extra launch_server flags")
     parser.add_argument("--label", default="default", help="rationale mode: names the output file")
+    parser.add_argument("--no-rationale", dest="rationale", action="store_false", help="capacity: skip the modes")
     parser.add_argument("--simulate", action="store_true", help="dry run with the SGLang-protocol test server")
     args = parser.parse_args()
     out = Path(os.environ.get("OUT", "/tmp/out"))
     out.mkdir(parents=True, exist_ok=True)
     redis_proc = start_redis(args.redis_port, out)
     try:
-        modes = {"launched": launched, "attached": attached, "capacity": capacity_mode, "rationale": rationale_mode}
+        modes = {"launched": launched, "attached": attached, "capacity": capacity_mode, "rationale": rationale_mode,
+                 "detail": detail_mode}
         results = modes[args.mode](args, out)
     finally:
         redis_proc.terminate()
