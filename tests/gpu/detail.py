@@ -73,10 +73,11 @@ def level_point(url: str, level: str, concurrency: int, n: int, seed0: int, *, w
     }
 
 
-def run(url: str, *, sweep: tuple[int, ...], n: int) -> dict[str, Any]:
+def run(url: str, *, sweep: tuple[int, ...], n: int, rationale: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"model": OV_MODEL, "photo": PHOTO, "points": []}
     seed = 20_000_000
-    for with_rationale in (False, True):
+    modes = (False, True) if rationale else (False,)
+    for with_rationale in modes:
         for level in ("native", "base"):
             for concurrency in sweep:
                 # base images cost a quarter of the tokens: more of them per point, so each point runs long enough
@@ -85,7 +86,7 @@ def run(url: str, *, sweep: tuple[int, ...], n: int) -> dict[str, Any]:
                 seed += count
                 print("detail", point, flush=True)
                 out["points"].append(point)
-    for with_rationale in (False, True):
+    for with_rationale in modes:
         best = {
             level: max(
                 (p for p in out["points"] if p["level"] == level and p["rationale"] is with_rationale),

@@ -33,5 +33,5 @@ for m in ('sglang', 'celery', 'kombu', 'structlog', 'pydantic_settings', 'boto3'
     t=$(date +%s); [ -f /tmp/ck-ov/ov-rand/config.json ] || python3 tests/gpu/fake_onevision_ckpt.py /tmp/ck-ov --size 7b > "$OUT/ckpt-ov.json"
     echo "checkpoint in $(( $(date +%s) - t )) s"; du -sh /tmp/ck-ov/* ; nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv ;;
   e2e)
-    shift; python3 tests/gpu/run_e2e.py "$@" 2>&1 | tail -40 ;;
+    shift; python3 tests/gpu/run_e2e.py "$@" 2>&1 | tee "$OUT/e2e.log" | grep -v "^\[20" | tail -40 ;;
 esac

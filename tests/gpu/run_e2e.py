@@ -315,7 +315,9 @@ def detail_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ready_s = wait_http(url + "/health", 420, server)
         print("ov server ready after", round(ready_s, 1), "s", flush=True)
         results: dict[str, Any] = {"mode": "detail", "ready_s": round(ready_s, 1), "server": " ".join(server_cmd)}
-        results |= detail.run(url, sweep=tuple(int(c) for c in args.sweep.split(",")), n=args.jobs)
+        results |= detail.run(
+            url, sweep=tuple(int(c) for c in args.sweep.split(",")), n=args.jobs, rationale=args.rationale
+        )
         results["metrics_after"] = capacity.server_metrics(url)
     finally:
         stop(server)
