@@ -93,6 +93,21 @@ def test_a_rid_already_in_flight_gets_the_real_servers_400(sim: SimulatedSGLang)
     assert "Duplicate request ID detected: dup-rid-1" == answers[1].json()["message"]
 
 
+def test_image_preprocessing_past_request_timeout_is_a_500_and_invisible_to_the_loads(sim: SimulatedSGLang) -> None:
+    """0.5.17's llava processor awaits each image's CPU preprocessing for REQUEST_TIMEOUT seconds, queue wait
+    included, then answers 500 "Internal server error: " (H200, OneVision native: 481 of 1,740 requests)."""
+    sim.configure(preprocess_s=0.4, preprocess_workers=1, request_timeout_s=0.6)
+    payload = body(sim, with_rationale=False)
+    with ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(post, sim, payload | {"rid": f"pre-{i}"}) for i in range(3)]
+        loads = httpx.get(f"{sim.url}/v1/loads", timeout=5).json()["loads"][0]
+        replies = sorted((a.result() for a in answers), key=lambda r: r.status_code)
+    assert (0, 0) == (loads["num_running_reqs"], loads["num_waiting_reqs"])  # all three still preprocessing
+    assert [200, 500, 500] == [r.status_code for r in replies]  # 0.4 s in time; 0.8 s and 1.2 s past 0.6 s
+    real_body = {"object": "error", "message": "Internal server error: ", "type": "InternalServerError", "code": 500}
+    assert real_body.items() <= replies[1].json().items()
+
+
 def test_the_endpoints_answer_like_0_5_17(sim: SimulatedSGLang) -> None:
     statuses = {path: v["status"] for path, v in real("endpoints.json").items()}
     for path, status in statuses.items():

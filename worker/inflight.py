@@ -91,6 +91,15 @@ class InflightController:
             self._samples.append((load, self._at_server()))
             self.last_load = load
 
+    @staticmethod
+    def _queue(load: ServerLoad, there: int) -> int:
+        """The server's queue as this worker's requests see it: its scheduler's waiting requests plus this worker's
+        requests the server holds but neither runs nor queues. Those wait in its tokenizer's image preprocessing
+        (SGLang 0.5.17 runs it on a CPU process pool; on the H200 OneVision's native tiling made it the bottleneck,
+        and ``/v1/loads`` showed an empty queue while 200 requests waited there). A lower bound with several
+        workers on one server (the others' requests fill running and waiting)."""
+        return load.waiting + max(0, there - load.running - load.waiting)
+
     def decide(self) -> int:
         """One control step from the samples since the last one; returns the (possibly new) limit."""
         pairs = list(self._samples)
@@ -98,12 +107,13 @@ class InflightController:
         if not pairs:
             return self.limit  # no load signal (a router, an older server): keep the limit
         samples = [load for load, _ in pairs]
+        queues = [self._queue(load, there) for load, there in pairs]
         # A short queue says the limit is what keeps the server short only while most of the allowance was at the
         # server: one seen while the worker's jobs were still in its own CPU stages (its first second, a burst of
         # fetches) is no reason to grow; growing on it overshot by half a limit on a loaded two-core box.
-        full = [load.waiting for load, there in pairs if there >= 0.75 * self.limit]
+        full = [queue for queue, (_, there) in zip(queues, pairs, strict=True) if there >= 0.75 * self.limit]
         running = max(s.running for s in samples)
-        peak_queue, least_queue = max(s.waiting for s in samples), min(s.waiting for s in samples)
+        peak_queue, least_queue = max(queues), min(queues)
         high = self._band.high(running)
         holding = self._holding()
         new = self.limit

@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--enable-priority-scheduling", action="store_true", help="like SGLang: admit by priority")
     parser.add_argument("--default-priority-value", type=int, default=None)
     parser.add_argument("--max-total-tokens", type=int, default=215_000, help="the KV pool in tokens")
+    parser.add_argument("--preprocess-s", type=float, default=0.0, help="CPU seconds per image before scheduling")
     parser.add_argument("--health-s", type=float, default=0.0, help="seconds /health takes (a real one: >= 1)")
     args, _unknown = parser.parse_known_args()  # tolerate sglang.launch_server flags from the fleet launcher
     sim = SimulatedSGLang(
@@ -41,6 +42,9 @@ def main() -> None:
         priority_scheduling=args.enable_priority_scheduling,
         default_priority=args.default_priority_value,
         max_total_tokens=args.max_total_tokens,
+        preprocess_s=args.preprocess_s,
+        preprocess_workers=int(os.environ.get("SGLANG_CPU_WORKERS") or os.cpu_count() or 1),
+        request_timeout_s=float(os.environ.get("REQUEST_TIMEOUT") or 10),
         # like the real server: untempered logprobs only when its environment says so
         original_logprob=os.environ.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in {"1", "true"},
     ).start()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 import socket
 import threading
@@ -28,13 +29,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from PIL import Image, ImageStat
+from PIL import Image
 
 from tests.sglang_server import observability
 from tests.sglang_server.admission import AdmissionGate, queue_priority
 from tests.sglang_server.completion import Decision, RadixStandIn, Style, build, prompt_tokens
+from tests.sglang_server.preprocess import TIMEOUT_ERROR, PreprocessPool
 from tests.sglang_server.protocol import check_request, summary
-from tests.sglang_server.rules import DEFAULT_RULES, SAFE, Rule
+from tests.sglang_server.rules import DEFAULT_RULES, SAFE, Rule, decide
 
 DEFAULT_MODEL_PATH = "simulated/AIML-TUDA/LlavaGuard-7B"
 __all__ = ["DEFAULT_MODEL_PATH", "DEFAULT_RULES", "SAFE", "Behaviour", "Rule", "SimulatedSGLang"]
@@ -66,6 +68,10 @@ class Behaviour:
     # without a priority a request gets --default-priority-value, else the lowest priority (as 0.5.17 does)
     priority_scheduling: bool = False
     default_priority: int | None = None
+    # the image preprocessing before the scheduler (preprocess.py): s per image (0: none), processes, timeout
+    preprocess_s: float = 0.0
+    preprocess_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    request_timeout_s: float = 10.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -88,6 +94,7 @@ class SimulatedSGLang:
         self.in_flight_rids: set[str] = set()
         self.radix = RadixStandIn()  # prompt prefixes seen (image + policy) and their tokens
         self.gate = AdmissionGate()
+        self.preprocess = PreprocessPool()
         handler = type("Handler", (_Handler,), {"sim": self})
         self.httpd = _Server((host, port), handler)
         self.httpd.daemon_threads = True
@@ -143,6 +150,7 @@ class SimulatedSGLang:
             self.behaviour = Behaviour(model_path=self.behaviour.model_path)
             self.gate.set_limit(None)
             self.radix = RadixStandIn()
+            self.preprocess = PreprocessPool()
             self.requests.clear()
             self.peak_running = 0
             self.gate.reset_peak()
@@ -162,14 +170,9 @@ class SimulatedSGLang:
 
     # --- the model ------------------------------------------------------------------------------------------
     def decide(self, image: Image.Image) -> tuple[str, str, str, float]:
-        mean = ImageStat.Stat(image.convert("RGB")).mean
         with self.lock:
             rules = list(self.behaviour.rules)
-        for rule in rules:
-            if all(abs(mean[i] - rule.rgb[i]) <= rule.tolerance for i in range(3)):
-                p = rule.p_unsafe if rule.p_unsafe is not None else (0.97 if rule.rating == "Unsafe" else 0.03)
-                return rule.rating, rule.category, rule.rationale, p
-        return (*SAFE, 0.02)
+        return decide(rules, image)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -346,9 +349,14 @@ class _Handler(BaseHTTPRequestHandler):
         key = f"{fingerprint}:{hashlib.sha1(text.encode()).hexdigest()}"
         sim = self.sim
         with sim.lock:
-            priority = queue_priority(
-                body, enabled=sim.behaviour.priority_scheduling, default=sim.behaviour.default_priority
-            )
+            b = sim.behaviour
+            priority = queue_priority(body, enabled=b.priority_scheduling, default=b.default_priority)
+            stage = (b.preprocess_s, b.preprocess_workers, b.request_timeout_s)
+        if stage[0] > 0 and not sim.preprocess.run(
+            stage[0], workers=stage[1], timeout_s=stage[2], stopping=sim.stopping
+        ):
+            self._send(500, TIMEOUT_ERROR)
+            return
         sim.gate.acquire(priority)  # a running slot: like the scheduler, in queue order
         try:
             n_prompt = prompt_tokens(body)

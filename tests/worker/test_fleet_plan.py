@@ -64,7 +64,7 @@ def test_a_single_gpu_model_gets_one_pinned_server_and_one_worker_per_gpu(model:
     for i, slot in enumerate(plan.slots):
         assert slot.server is not None
         assert (
-            f"CUDA_VISIBLE_DEVICES={i} SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
+            f"CUDA_VISIBLE_DEVICES={i} SGLANG_RETURN_ORIGINAL_LOGPROB=1 REQUEST_TIMEOUT=120 {LAUNCH} {flags} --host 127.0.0.1 --port {30000 + i} --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
             == slot.server.shell()
         )
         assert worker_line(f"gpu{i}", str(i), 30000 + i, 9400 + i, model) == slot.worker.shell()
@@ -81,11 +81,11 @@ def test_34b_runs_tensor_parallel_on_two_gpus_per_server() -> None:
     first, second = plan.slots
     assert first.server is not None and second.server is not None
     assert (
-        f"CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
+        f"CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 REQUEST_TIMEOUT=120 {LAUNCH} {flags} --host 127.0.0.1 --port 30000 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
         == first.server.shell()
     )
     assert (
-        f"CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
+        f"CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 REQUEST_TIMEOUT=120 {LAUNCH} {flags} --host 127.0.0.1 --port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
         == second.server.shell()
     )
     assert worker_line("gpu2-3", "2,3", 30001, 9401, "AIML-TUDA/LlavaGuard-34B") == second.worker.shell()
@@ -132,7 +132,12 @@ def test_server_settings_become_launch_flags_and_size_the_worker() -> None:
         "--schedule-policy",
         "lpm",
     ] == slot.server.argv
-    assert {"CUDA_VISIBLE_DEVICES": "3", "SGLANG_RETURN_ORIGINAL_LOGPROB": "1"} == slot.server.env
+    assert {
+        "CUDA_VISIBLE_DEVICES": "3",
+        "SGLANG_RETURN_ORIGINAL_LOGPROB": "1",
+        "REQUEST_TIMEOUT": "120",
+    } == slot.server.env
+
     assert "--concurrency" not in slot.worker.argv  # the worker sizes its in-flight from the server's queue
     assert "0" == slot.worker.env["GUARDQ_METRICS_PORT"]
 
@@ -213,9 +218,16 @@ def test_guardq_worker_dry_run_prints_every_command_and_its_environment() -> Non
     servers = [line.strip() for line in lines if line.strip().startswith("server:")]
     workers = [line.strip() for line in lines if line.strip().startswith("worker:")]
     assert 2 == len(servers) == len(workers)
-    assert servers[0].startswith(f"server: CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
-    assert servers[1].startswith(f"server: CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B")
-    assert "--port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0" in servers[1]
+    assert servers[0].startswith(
+        f"server: CUDA_VISIBLE_DEVICES=0,1 SGLANG_RETURN_ORIGINAL_LOGPROB=1 REQUEST_TIMEOUT=120 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B"
+    )
+    assert servers[1].startswith(
+        f"server: CUDA_VISIBLE_DEVICES=2,3 SGLANG_RETURN_ORIGINAL_LOGPROB=1 REQUEST_TIMEOUT=120 {LAUNCH} --model-path AIML-TUDA/LlavaGuard-34B"
+    )
+    assert (
+        "--port 30001 --tp 2 --enable-metrics --enable-cache-report --enable-priority-scheduling --default-priority-value 0"
+        in servers[1]
+    )
     assert "GUARDQ_GPU=2,3 GUARDQ_METRICS_PORT=9401" in workers[1]
 
 
@@ -274,3 +286,17 @@ def test_launched_servers_admit_by_priority_unless_the_operators_flags_rule_it_o
     from worker.fleet.launcher import priority_scheduling_fits
 
     assert added == priority_scheduling_fits(shlex.split(extra))
+
+
+def test_the_servers_image_preprocessing_may_wait_as_long_as_guardq_waits_unless_the_operator_said_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SGLang's REQUEST_TIMEOUT (10 s) failed 28 % of OneVision requests on the H200 with HTTP 500."""
+    from worker.fleet.launcher import server_command
+
+    monkeypatch.delenv("REQUEST_TIMEOUT", raising=False)
+    spec = get_model("AIML-TUDA/LlavaGuard-v1.2-7B-OV")
+    command = server_command(Settings(sglang_timeout_s=300.5), spec, port=30000, gpus=("0",), tp=1)
+    assert command.env["REQUEST_TIMEOUT"] == "301"
+    monkeypatch.setenv("REQUEST_TIMEOUT", "30")  # the operator's own: inherited by the server, not overridden
+    assert "REQUEST_TIMEOUT" not in server_command(Settings(), spec, port=30000, gpus=("0",), tp=1).env

@@ -113,6 +113,21 @@ def test_a_short_queue_seen_while_the_jobs_were_still_here_is_no_reason_to_grow(
     assert 32 == ctl.decide()
 
 
+def test_requests_held_in_the_servers_image_preprocessing_count_as_its_queue() -> None:
+    """Seen on the H200 with OneVision at native detail: SGLang preprocesses images on a CPU pool before its
+    scheduler sees them, so ``/v1/loads`` said 24 running, 0 waiting while the rest sat in that pool. Counting only
+    the scheduler's queue grew the worker to its ceiling (and interactive jobs queued behind them all)."""
+
+    class PreprocessBound(Server):
+        def load(self) -> ServerLoad:  # the GPU gets what the CPU pool preprocesses: 24 at a time at most
+            return ServerLoad(running=min(self.held, 24), waiting=0)
+
+    server = PreprocessBound(512)
+    limits = run(controller(server, start=32), 20)
+    assert 24 + Band().queue_low <= limits[-1] <= 24 + Band().high(24) + 1
+    assert max(limits) <= 48
+
+
 def test_a_deep_queue_is_cut_once_not_again_while_the_cut_is_still_draining() -> None:
     server = Server(128)
     ctl = controller(server, start=600)

@@ -86,3 +86,38 @@ def test_a_default_worker_fills_the_server_and_leaves_the_backlog_in_redis(
     # 5 or fewer in flight takes 16 s or more.
     ideal = len(jobs) * 0.25 / CAPACITY
     assert wall < ideal * 3.0, f"{wall:.1f}s for {len(jobs)} jobs (ideal {ideal:.1f}s)"
+
+
+def test_a_default_worker_keeps_the_servers_image_preprocessing_short_and_gets_no_timeouts(
+    worker_env: dict[str, str], settings: object, tmp_path: Path
+) -> None:
+    """SGLang preprocesses each image on a CPU pool before its scheduler sees it and answers 500 when that took
+    longer than REQUEST_TIMEOUT (10 s by default) — on the H200 with OneVision at native detail, 481 of 1,740
+    requests. ``/v1/loads`` shows none of the requests waiting there. Here the pool does 40 images/s (2 processes,
+    50 ms each) in front of a GPU that would do far more, with the server's default timeout; 600 jobs sent at once
+    would wait 15 s there if the worker kept growing on the empty scheduler queue."""
+    from schemas.settings import Settings
+
+    assert isinstance(settings, Settings)
+    sim = SimulatedSGLang(max_running=64, latency_s=0.05, preprocess_s=0.05, preprocess_workers=2).start()
+    env = {k: v for k, v in worker_env.items() if k != "GUARDQ_WORKER_CONCURRENCY"}
+    env |= {"GUARDQ_SGLANG_URL": sim.url, "GUARDQ_MODEL": MODEL}
+    service = start_worker(env, tmp_path, name="inflight-preprocess")
+    try:
+        queue = JobQueue(settings)
+        jobs = upload_jobs(settings, distinct_jpegs(600, seed=5151), model=MODEL)
+        after = last_id(queue.redis)
+        started = time.monotonic()
+        queue.send_many(jobs)
+        events = list(wait_for(queue.redis, [j.job_id for j in jobs], after=after, timeout_s=180))
+        wall = time.monotonic() - started
+        queue.close()
+    finally:
+        service.stop()
+        sim.stop()
+    print(f"\n{len(jobs)} jobs in {wall:.1f}s; peak in preprocessing {sim.preprocess.peak_inside}")
+    assert len(jobs) == len(events) == sum(1 for e in events if e.completed)
+    assert sim.preprocess.timed_out == 0  # no request waited 10 s: no 500, no job retry
+    # the starting allowance (32) at most: the controller counted what waited there as the server's queue
+    assert sim.preprocess.peak_inside <= 40
+    assert not any(r.get("status") == 500 for r in sim.requests)

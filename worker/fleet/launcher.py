@@ -8,6 +8,8 @@ workers to servers someone else runs (no server command).
 
 from __future__ import annotations
 
+import math
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -124,7 +126,19 @@ def server_command(settings: Settings, model: ModelSpec, *, port: int, gpus: tup
         if value is not None:
             argv += [flag, str(value)]
     argv += extra
-    return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus), **SERVER_ENV})
+    return Command(argv, {"CUDA_VISIBLE_DEVICES": ",".join(gpus), **SERVER_ENV, **preprocess_timeout(settings)})
+
+
+def preprocess_timeout(settings: Settings) -> dict[str, str]:
+    """``REQUEST_TIMEOUT`` for SGLang's image preprocessing: as long as guardq waits for an answer anyway.
+
+    SGLang 0.5.17 preprocesses each image on a CPU process pool and gives up after ``REQUEST_TIMEOUT`` seconds
+    (default 10, queue wait included) with HTTP 500; on the H200 OneVision's native tiling made 481 of 1,740
+    requests fail that way at 64-256 in flight. Waiting is what guardq wants (its in-flight control keeps that
+    wait short); an operator's own ``REQUEST_TIMEOUT`` is kept."""
+    if "REQUEST_TIMEOUT" in os.environ:
+        return {}
+    return {"REQUEST_TIMEOUT": str(math.ceil(settings.sglang_timeout_s))}
 
 
 def worker_command(
