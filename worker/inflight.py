@@ -11,7 +11,8 @@ Every ``period_s`` (``GUARDQ_INFLIGHT_PERIOD_S``) it samples the server (``/v1/l
 requests; ``/metrics`` of a server with ``--enable-metrics`` as fallback) and, while jobs wait in Redis:
 
 - the queue stayed below ``queue_low`` over the window, the worker uses its whole allowance and most of it is at
-  the server (not in its own CPU stages: more would not help then) → grow by half (from 32 to 512 in seven steps);
+  the server (not in its own CPU stages: more would not help then) → grow: double until the server has queued once
+  (like TCP's slow start: from 32 to 512 in four steps), by half after that;
 - the queue stayed above ``queue_high`` (``max(8, running / 8)``) and this worker has requests there → shrink
   by the excess, at most by half, and only once the previous cut has taken effect (seen on the H200: a worker
   idle while another client flooded the server cut itself to 1 and then had to ramp up again);
@@ -83,6 +84,9 @@ class InflightController:
         self._band = band or Band()
         self._samples: deque[tuple[ServerLoad, int]] = deque(maxlen=window)  # with this worker's count there
         self.last_load: ServerLoad | None = None
+        # Doubling until the server first queues: the ramp at half a limit per step cost P1 3 s of a 21 s run at
+        # C = 128 (0.88 of a direct client); past the first queue the server's size is known, growth is by half.
+        self._slow_start = True
 
     def sample(self) -> None:
         """Record one load sample (called a few times per decision, so a momentary dip is not a trend)."""
@@ -117,6 +121,8 @@ class InflightController:
         high = self._band.high(running)
         holding = self._holding()
         new = self.limit
+        if least_queue >= self._band.queue_low:  # queued over the whole window: not a request in transit
+            self._slow_start = False
         if least_queue > high:
             # Too deep: give back the excess, at most half, and only once the last cut has taken effect (the jobs
             # already at the server stay there until they finish; cutting again for them would starve it). A worker
@@ -132,7 +138,7 @@ class InflightController:
             # server, not stuck in its own CPU stages (more would not help then).
             and self._at_server() >= 0.75 * self.limit
         ):
-            new = self.limit + max(1, self.limit // 2)
+            new = self.limit + (self.limit if self._slow_start else max(1, self.limit // 2))
         new = min(self.ceiling, max(self.floor, new))
         if new != self.limit:
             log.debug(

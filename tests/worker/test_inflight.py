@@ -53,12 +53,24 @@ def run(ctl: InflightController, steps: int) -> list[int]:
     return limits
 
 
-def test_a_server_that_runs_512_at_once_is_filled_in_seven_steps_and_kept_with_a_small_queue() -> None:
+def test_a_server_that_runs_512_at_once_is_filled_in_four_steps_and_kept_with_a_small_queue() -> None:
     server = Server(512)
     limits = run(controller(server), 12)
-    assert limits[6] >= 512
+    assert limits[:4] == [64, 128, 256, 512]  # doubling until the server first queues
     assert 512 + Band().queue_low <= server.held <= 512 + Band().high(512) + 1
     assert server.load().waiting > 0  # never an empty queue at the server while jobs wait
+
+
+def test_after_the_first_queue_growth_is_by_half() -> None:
+    """Doubling finds the server's size; once it has queued, more room (another client left) is taken by halves."""
+    server = Server(100)
+    ctl = controller(server)
+    limits = run(ctl, 4)
+    assert limits[:3] == [64, 128, 128 - (28 - Band().high(100))]  # 128 queued 28: the excess given back
+    server.capacity = 400
+    later = run(ctl, 6)
+    steps = [b / a for a, b in zip([limits[-1], *later], later, strict=False) if b > a]
+    assert steps and all(step <= 1.5 for step in steps)
 
 
 def test_a_small_server_is_not_flooded_past_the_band() -> None:
