@@ -97,12 +97,12 @@ class InflightController:
 
     @staticmethod
     def _queue(load: ServerLoad, there: int) -> int:
-        """The server's queue as this worker's requests see it: its scheduler's waiting requests plus this worker's
-        requests the server holds but neither runs nor queues. Those wait in its tokenizer's image preprocessing
-        (SGLang 0.5.17 runs it on a CPU process pool; on the H200 OneVision's native tiling made it the bottleneck,
-        and ``/v1/loads`` showed an empty queue while 200 requests waited there). A lower bound with several
-        workers on one server (the others' requests fill running and waiting)."""
-        return load.waiting + max(0, there - load.running - load.waiting)
+        """The server's queue as this worker's requests see it: its scheduler's waiting requests, or more when more of
+        this worker's requests are at the server than it runs. The rest wait before the scheduler, in the image
+        preprocessing SGLang 0.5.17 runs on a CPU process pool and leaves out of ``/v1/loads`` (on the H200,
+        OneVision's native tiling made it the bottleneck: 481 of 1,740 requests timed out there). A lower bound
+        with several workers on one server (the others' requests fill running and waiting)."""
+        return max(load.waiting, there - load.running)
 
     def decide(self) -> int:
         """One control step from the samples since the last one; returns the (possibly new) limit."""

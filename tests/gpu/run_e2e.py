@@ -238,15 +238,22 @@ def launched(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def start_plain_server(
-    args: argparse.Namespace, env: dict[str, str], out: Path, extra: tuple[str, ...] = ()
+    args: argparse.Namespace,
+    env: dict[str, str],
+    out: Path,
+    extra: tuple[str, ...] = (),
+    *,
+    model: tuple[str, ...] | None = None,
+    log: str = "server.log",
 ) -> tuple[subprocess.Popen[bytes], list[str]]:
-    """An SGLang server as a user starts it (tempered logprobs: no SGLANG_RETURN_ORIGINAL_LOGPROB)."""
+    """An SGLang server as a user starts it (tempered logprobs: no SGLANG_RETURN_ORIGINAL_LOGPROB); ``model``: the
+    flags naming the checkpoint (default the LLaVA-1.5 one of ``device.sh build``)."""
     server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
-    server_cmd = [*SERVER_CMD.split(), "--model-path", str(args.ckpt / "llava-rand"),
-                  "--tokenizer-path", str(args.ckpt / "llava-rand-tok"), "--chat-template", "vicuna_v1.1",
-                  "--host", "127.0.0.1", "--port", str(args.port), "--enable-metrics", "--enable-cache-report",
-                  *KIT_FLAGS.split(), *extra]
-    server = subprocess.Popen(server_cmd, env=server_env, stdout=(out / "server.log").open("wb"), stderr=subprocess.STDOUT)
+    model = model or ("--model-path", str(args.ckpt / "llava-rand"), "--tokenizer-path", str(args.ckpt / "llava-rand-tok"),
+                      "--chat-template", "vicuna_v1.1")
+    server_cmd = [*SERVER_CMD.split(), *model, "--host", "127.0.0.1", "--port", str(args.port), "--enable-metrics",
+                  "--enable-cache-report", *KIT_FLAGS.split(), *extra]
+    server = subprocess.Popen(server_cmd, env=server_env, stdout=(out / log).open("wb"), stderr=subprocess.STDOUT)
     return server, server_cmd
 
 
@@ -292,24 +299,8 @@ def detail_mode(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from tests.gpu import capacity, detail
 
     env = guardq_env(args.redis_port, args.ckpt, out)
-    server_env = {k: v for k, v in env.items() if k != "SGLANG_RETURN_ORIGINAL_LOGPROB"}
-    server_cmd = [
-        *SERVER_CMD.split(),
-        "--model-path",
-        str(args.ckpt / "ov-rand"),
-        "--chat-template",
-        "chatml-llava",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--enable-metrics",
-        "--enable-cache-report",
-        *KIT_FLAGS.split(),
-    ]
-    server = subprocess.Popen(
-        server_cmd, env=server_env, stdout=(out / "server-ov.log").open("wb"), stderr=subprocess.STDOUT
-    )
+    ov = ("--model-path", str(args.ckpt / "ov-rand"), "--chat-template", "chatml-llava")
+    server, server_cmd = start_plain_server(args, env, out, model=ov, log="server-ov.log")
     try:
         url = f"http://127.0.0.1:{args.port}"
         ready_s = wait_http(url + "/health", 420, server)
