@@ -1,8 +1,9 @@
 """Redis state per job, measured: retained bytes per finished job, the memory curve of a long run, sweep cost.
 
 - ``retained``: 500 interactive jobs (distinct images, default settings: verdict cache on) through one worker and an
-  instant SGLang test server; Redis ``used_memory`` before and after, the verdict stream's own growth taken out,
-  divided by the jobs; plus the average ``MEMORY USAGE`` of a finished job's record and of a cache entry.
+  instant SGLang test server; what Redis holds for data (:func:`_state`) before and after, less the verdict stream's
+  own growth (``MEMORY USAGE`` of the stream, every node counted at its allocated size), divided by the jobs; plus
+  the average ``MEMORY USAGE`` of a finished job's record and of a cache entry.
 - ``curve``: ``GUARDQ_BENCH_STATE_JOBS`` (100,000) jobs as a backfill (bulk queue, ``backfill_id``) or as interactive
   jobs, sent under backpressure (at most 5,000 waiting, the backfill default) and sampled every second:
   ``used_memory``, the stream's memory, the queue depth. Written to ``bench-results/redis-curve-<mode>.json``;
@@ -30,7 +31,7 @@ from schemas.models import get_model
 from tests.benchmarks.harness import RESULTS_DIR, Figure, run_jobs, services, settings_from, worker
 from tests.benchmarks.workload import distinct_jpegs, start_server, upload_jobs
 from tests.services.procs import start_redis
-from worker.delivery.stream.reader import last_id
+from worker.cache import decode_outcome
 from worker.publish import Publisher
 from worker.reconcile import Reconciler
 
@@ -51,27 +52,22 @@ def _state(client: redis.Redis[bytes]) -> dict[str, float]:
     }
 
 
-def _stream_bytes_per_entry(client: redis.Redis[bytes], after: str, workdir: Path) -> float:
-    """What the run's stream entries really cost (allocator slack included): the same entries, same ids, replayed
-    into a fresh Redis and measured there."""
-    entries = client.xrange(VERDICT_STREAM, f"({after}", "+")
-    scratch = start_redis(workdir)
-    try:
-        other = redis.Redis.from_url(scratch.url)
-        other.xadd(VERDICT_STREAM, {"event": "x"}, id="0-1")  # the stream exists before, as in the run
-        empty = _state(other)["used_memory"]
-        for entry_id, fields in entries:
-            other.xadd(VERDICT_STREAM, fields, id=entry_id)
-        return (_state(other)["used_memory"] - empty) / max(1, len(entries))
-    finally:
-        scratch.stop()
-
-
 def _cache_entry_bytes(client: redis.Redis[bytes]) -> float:
     """Average bytes per cached verdict: the day buckets' memory over their fields."""
     buckets = list(client.scan_iter(match="guardq:vcb:*", count=1000))
     fields = sum(int(client.hlen(b)) for b in buckets)
     return sum(client.memory_usage(b, samples=0) or 0 for b in buckets) / fields if fields else 0.0
+
+
+def _cached_rationale_chars(client: redis.Redis[bytes], limit: int = 100) -> float:
+    """Average length of the cached rationales (a cache entry grows with it; the instant server's are short)."""
+    lengths = []
+    for bucket in client.scan_iter(match="guardq:vcb:*", count=1000):
+        for _, raw in client.hscan_iter(bucket, count=limit):
+            lengths.append(len(decode_outcome(raw).verdict.rationale or ""))
+            if len(lengths) >= limit:
+                return sum(lengths) / len(lengths)
+    return sum(lengths) / len(lengths) if lengths else 0.0
 
 
 def _average_usage(client: redis.Redis[bytes], pattern: str, limit: int = 200) -> float:
@@ -98,27 +94,30 @@ def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> li
             with worker(env, workdir, name="state"):
                 run_jobs(queue, upload_jobs(settings, distinct_jpegs(50, seed=1)), 120)  # stream, scripts, pools
                 jobs = upload_jobs(settings, distinct_jpegs(n, seed=2))
-                mark = last_id(client)
                 before = _state(client)
                 _, seen = run_jobs(queue, jobs, 600)
                 after = _state(client)
                 record = _average_usage(client, "guardq:job:*")
                 cache_client = redis.Redis.from_url(cache_redis.url) if cache_redis is not None else client
                 cache = _cache_entry_bytes(cache_client)
-                stream_entry = _stream_bytes_per_entry(client, mark, workdir / "scratch-redis")
+                rationale = _cached_rationale_chars(cache_client)
             queue.close()
         finally:
             sim.stop()
             if cache_redis is not None:
                 cache_redis.stop()
     assert seen == n
-    per_job = (after["used_memory"] - before["used_memory"]) / n - stream_entry
-    stream = stream_entry
+    # The stream's own MEMORY USAGE (samples=0: every listpack node at its allocated size) accounts for its share of
+    # the growth to within ~15 B a job (the rest, summed over every key's MEMORY USAGE, matches likewise). The earlier
+    # method (the entries replayed into a fresh Redis) put stream nodes' boundaries elsewhere: ±200 B a job.
+    stream = (after["stream"] - before["stream"]) / n
+    per_job = (after["used_memory"] - before["used_memory"]) / n - stream
     keys = (after["keys"] - before["keys"]) / n
     where = "cache on its own Redis (GUARDQ_CACHE_REDIS_URL)" if separate_cache else "default settings"
     note = (
-        f"n={n}, {where}; MEMORY USAGE: job record {record:.0f} B, verdict-cache entry {cache:.0f} B; "
-        f"{keys:.2f} keys/job; stream entry {stream:.0f} B (excluded)"
+        f"n={n}, {where}; MEMORY USAGE: job record {record:.0f} B, verdict-cache entry {cache:.0f} B "
+        f"(rationales of {rationale:.0f} chars; each char of a longer one adds a byte); {keys:.2f} keys/job; "
+        f"stream entry {stream:.0f} B (excluded)"
     )
     name = "main Redis bytes per finished job, cache elsewhere" if separate_cache else "Redis bytes retained per finished job"
     figures = [Figure("state", name, per_job, "B/job", 500, False, note)]
