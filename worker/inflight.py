@@ -186,12 +186,14 @@ class PrefetchLimit:
     """Celery's consumer QoS as the enforcement point: the prefetch count is the jobs the worker holds at once.
 
     Celery itself moves the same value (ETA tasks add one while they wait), so changes are applied as deltas
-    under the QoS mutex; the consumer loop sends ``basic_qos`` when it sees the value changed.
+    under the QoS mutex; the consumer loop sends ``basic_qos`` when it sees the value changed, on the turn ``wake``
+    starts (``worker.kombu_compat.wake_consumer``) when the limit grows.
     """
 
-    def __init__(self, qos: Any, initial: int) -> None:
+    def __init__(self, qos: Any, initial: int, wake: Callable[[], None] | None = None) -> None:
         self._qos = qos
         self._current = initial
+        self._wake = wake
         with qos._mutex:
             qos.value = max(1, initial)
             qos.update()
@@ -201,3 +203,5 @@ class PrefetchLimit:
             delta = limit - self._current
             self._qos.value = max(1, self._qos.value + delta)
             self._current = limit
+        if delta > 0 and self._wake is not None:
+            self._wake()  # the loop applies the new count and fetches on this turn, not at its next timer

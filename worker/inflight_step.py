@@ -15,6 +15,7 @@ from celery import bootsteps
 from celery.worker import state
 
 from worker.inflight import ControlLoop, InflightController, PrefetchLimit
+from worker.kombu_compat import wake_consumer
 
 _controller: InflightController | None = None
 _loop: ControlLoop | None = None
@@ -60,7 +61,7 @@ class InflightStep(bootsteps.StartStopStep):  # type: ignore[misc]
                     at_server=lambda: backend.requests_in_flight,  # type: ignore[attr-defined]
                     apply=lambda _limit: None,
                 )
-            _controller.apply = PrefetchLimit(c.qos, _controller.limit)
+            _controller.apply = PrefetchLimit(c.qos, _controller.limit, wake=wake_consumer)
             if _loop is None:
                 _loop = ControlLoop(_controller, period_s=settings.inflight_period_s).start()
 

@@ -1,5 +1,5 @@
-"""Four adjustments to kombu's Redis transport: two guards that keep one bad moment from killing a worker, client
-reuse on the hot path, and a record of which worker reserved each message.
+"""Five adjustments to kombu's Redis transport: two guards that keep one bad moment from killing a worker, client
+reuse on the hot path, a record of which worker reserved each message, and a prompt refill.
 
 1. A reconnect race on Redis restart. On a broker connection loss Celery first detaches the transport
    (``Connection.collect``) and then closes the connection; closing the channel tries to restore unacknowledged
@@ -24,6 +24,13 @@ reuse on the hot path, and a record of which worker reserved each message.
    ``guardq:unacked:owners``; every path that removes the tag from kombu's indices (ack, reject, restore) removes
    it there too, in the same pipeline. ``worker.reclaim`` hands back the messages of incarnations whose lease
    expired.
+
+5. Prompt refill. kombu fetches (``BRPOP``) only while the channel's QoS has room, and decides that on each turn of
+   the consumer's event loop; an acknowledgement made on a pool thread frees a slot without waking that loop, which
+   sleeps in ``epoll`` until its next timer (up to a second). A saturated server then ran short: P1 at C = 128 saw
+   the server's running batch dip after waves of completions, and each step of the in-flight ramp waited for the
+   next turn. After an acknowledgement, :func:`wake_consumer` wakes the loop (kombu's own thread-safe
+   ``call_soon``: one pending wake-up covers any number of calls).
 
 Besides the patches, this module is the one place that reads kombu's own state in Redis and in the worker:
 
@@ -52,6 +59,7 @@ import kombu
 import orjson
 import redis
 from celery.worker import state as celery_state
+from kombu.asynchronous import get_event_loop
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
 
@@ -172,6 +180,28 @@ def _create_client(self: Any, asynchronous: bool = False) -> Any:
 
 _original_append: Any = kombu_redis.QoS.append
 _original_remove_from_indices: Any = kombu_redis.QoS._remove_from_indices
+_original_ack: Any = kombu_redis.QoS.ack
+
+
+def _noop() -> None:
+    return None
+
+
+def wake_consumer() -> None:
+    """Make the consumer's event loop take another turn now (from any thread): it then applies a changed prefetch
+    count and fetches into free QoS slots. Nothing happens outside a worker (no event loop)."""
+    hub = get_event_loop()
+    if hub is not None:
+        hub.call_soon(_noop)  # type: ignore[no-untyped-call]
+
+
+def _ack(self: Any, delivery_tag: Any) -> Any:
+    """kombu's acknowledgement, then a wake-up: the freed slot is refilled on this turn, not the next timer's."""
+    result = _original_ack(self, delivery_tag)
+    wake_consumer()
+    return result
+
+
 _owner: str | None = None
 
 
@@ -258,6 +288,7 @@ _PATCHED_SIGNATURES: dict[str, tuple[Any, list[str]]] = {
     "QoS.append": (_original_append, ["self", "message", "delivery_tag"]),
     "QoS._remove_from_indices": (_original_remove_from_indices, ["self", "delivery_tag", "pipe"]),
     "QoS.restore_by_tag": (kombu_redis.QoS.restore_by_tag, ["self", "tag", "client", "leftmost"]),
+    "QoS.ack": (_original_ack, ["self", "delivery_tag"]),
     "loads": (_original_loads, ["s"]),
 }
 
@@ -290,11 +321,13 @@ def check_internals() -> None:
 
 
 def install() -> None:
-    """Idempotently install the four adjustments (called when a worker's Celery app is configured), after checking
+    """Idempotently install the five adjustments (called when a worker's Celery app is configured), after checking
     that kombu's internals are still the ones they patch."""
     check_internals()
     if kombu_redis.QoS.append is not _append:
         kombu_redis.QoS.append = _append  # type: ignore[method-assign]
+    if kombu_redis.QoS.ack is not _ack:
+        kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
     if kombu_redis.QoS._remove_from_indices is not _remove_from_indices:
         kombu_redis.QoS._remove_from_indices = _remove_from_indices  # type: ignore[method-assign]
     if kombu_redis.Channel._connparams is not _connparams:

@@ -203,3 +203,14 @@ def test_the_prefetch_limit_starts_at_the_controllers_limit_and_moves_by_deltas(
     qos.value += 1  # Celery counts an ETA task it holds
     limit(48)
     assert 49 == qos.value  # the controller's change and Celery's own both kept
+
+
+def test_a_raised_prefetch_limit_wakes_the_consumer_loop_and_a_lowered_one_does_not() -> None:
+    """The consumer applies a changed count on its next turn; waking it makes that turn now, not at its next timer
+    (P1 at C = 128: each step of the ramp waited up to a second for it)."""
+    qos, wakes = FakeQoS(1024), []
+    limit = PrefetchLimit(qos, 32, wake=lambda: wakes.append(qos.value))
+    limit(64)
+    assert [64] == wakes  # woken after the new count is in place
+    limit(48)
+    assert [64] == wakes
