@@ -1,9 +1,10 @@
 """Redis state per job, measured: retained bytes per finished job, the memory curve of a long run, sweep cost.
 
 - ``retained``: 500 interactive jobs (distinct images, default settings: verdict cache on) through one worker and an
-  instant SGLang test server; what Redis holds for data (:func:`_state`) before and after, less the verdict stream's
-  own growth (``MEMORY USAGE`` of the stream, every node counted at its allocated size), divided by the jobs; plus
-  the average ``MEMORY USAGE`` of a finished job's record and of a cache entry.
+  instant SGLang test server; what a finished job retains is what Redis frees when its record and its cached verdict
+  are deleted (allocation-exact, key-space and expiry tables included). As a cross-check, the growth of what Redis
+  holds for data (:func:`_state`) less the verdict stream's own ``MEMORY USAGE``: it agrees at 100,000 jobs (the
+  curve) but swings by ±150 B a job at 500 (allocator and table effects no deletion gives back), so it is a note.
 - ``curve``: ``GUARDQ_BENCH_STATE_JOBS`` (100,000) jobs as a backfill (bulk queue, ``backfill_id``) or as interactive
   jobs, sent under backpressure (at most 5,000 waiting, the backfill default) and sampled every second:
   ``used_memory``, the stream's memory, the queue depth. Written to ``bench-results/redis-curve-<mode>.json``;
@@ -26,7 +27,7 @@ import redis
 
 from producers.broker import JobQueue
 from schemas.job import ImageRef, ModerationJob, Priority
-from schemas.keys import VERDICT_STREAM, open_jobs_key, queue_name
+from schemas.keys import VERDICT_STREAM, job_key, open_jobs_key, queue_name
 from schemas.models import get_model
 from tests.benchmarks.harness import RESULTS_DIR, Figure, run_jobs, services, settings_from, worker
 from tests.benchmarks.workload import distinct_jpegs, start_server, upload_jobs
@@ -81,6 +82,20 @@ def _average_usage(client: redis.Redis[bytes], pattern: str, limit: int = 200) -
     return sum(sizes) / len(sizes) if sizes else 0.0
 
 
+def _freed_by(client: redis.Redis[bytes], keys: list[bytes] | list[str]) -> float:
+    """What Redis holds for these keys, allocation-exact: the data it frees when they are deleted (after its cron
+    has resized the key-space tables, as it does in steady state)."""
+    time.sleep(1.0)
+    before = _state(client)["used_memory"]
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    deadline = time.monotonic() + 10  # a Redis with lazyfree-lazy-user-del frees big values on a background thread
+    while int(client.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    return before - _state(client)["used_memory"]
+
+
 def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> list[Figure]:
     with services(workdir) as svc:
         sim = start_server(max_running=None, latency_s=0.0)
@@ -101,23 +116,30 @@ def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> li
                 cache_client = redis.Redis.from_url(cache_redis.url) if cache_redis is not None else client
                 cache = _cache_entry_bytes(cache_client)
                 rationale = _cached_rationale_chars(cache_client)
+            # Measured on a quiet Redis (the worker gone): its clients' traffic moves used memory by tens of KB.
+            records = _freed_by(client, [job_key(j.job_id) for j in jobs]) / n
+            cached = cache  # the cache's own Redis: not this figure's (its MEMORY USAGE is in the note)
+            if cache_redis is None:
+                buckets = list(client.scan_iter(match="guardq:vcb:*", count=1000))
+                entries = sum(int(client.hlen(b)) for b in buckets)  # this run's n and the warm-up's 50
+                cached = _freed_by(client, buckets) / max(1, entries)
             queue.close()
         finally:
             sim.stop()
             if cache_redis is not None:
                 cache_redis.stop()
     assert seen == n
-    # The stream's own MEMORY USAGE (samples=0: every listpack node at its allocated size) accounts for its share of
-    # the growth to within ~15 B a job (the rest, summed over every key's MEMORY USAGE, matches likewise). The earlier
-    # method (the entries replayed into a fresh Redis) put stream nodes' boundaries elsewhere: ±200 B a job.
-    stream = (after["stream"] - before["stream"]) / n
-    per_job = (after["used_memory"] - before["used_memory"]) / n - stream
+    stream = (after["stream"] - before["stream"]) / n  # MEMORY USAGE, samples=0: every node at its allocated size
+    growth = (after["used_memory"] - before["used_memory"]) / n - stream
+    per_job = records if separate_cache else records + cached  # every job here cached a verdict of its own
     keys = (after["keys"] - before["keys"]) / n
-    where = "cache on its own Redis (GUARDQ_CACHE_REDIS_URL)" if separate_cache else "default settings"
+    where = "cache on its own Redis (GUARDQ_CACHE_REDIS_URL)" if separate_cache else "default settings, one Redis"
     note = (
-        f"n={n}, {where}; MEMORY USAGE: job record {record:.0f} B, verdict-cache entry {cache:.0f} B "
-        f"(rationales of {rationale:.0f} chars; each char of a longer one adds a byte); {keys:.2f} keys/job; "
-        f"stream entry {stream:.0f} B (excluded)"
+        f"n={n}, {where}; freed by deleting them: job record {records:.0f} B"
+        + ("" if separate_cache else f", cached verdict {cached:.0f} B")
+        + f" (rationales of {rationale:.0f} chars: a longer one adds a byte a char); MEMORY USAGE {record:.0f} / "
+        f"{cache:.0f} B; {keys:.2f} keys/job; used-memory growth less the stream {growth:.0f} B/job (±150 B run "
+        f"to run at this size); stream entry {stream:.0f} B (excluded)"
     )
     name = "main Redis bytes per finished job, cache elsewhere" if separate_cache else "Redis bytes retained per finished job"
     figures = [Figure("state", name, per_job, "B/job", 500, False, note)]

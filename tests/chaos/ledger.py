@@ -22,8 +22,9 @@ from typing import Any
 import redis
 
 from schemas.events import CloudEvent
-from schemas.keys import VERDICT_STREAM, job_key
+from schemas.keys import RUNNING_JOBS, VERDICT_STREAM, job_key, open_jobs_key
 from schemas.settings import Settings
+from worker.kombu_compat import reserved_job_ids
 
 RESULTS = Path(__file__).resolve().parents[2] / "var" / "reliability"
 
@@ -98,7 +99,29 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
         result.retries += tries - 1
         result.redeliveries += max(0, int(deliveries or 1) - tries)
     result.codes = dict(codes)
+    unfinished = [j for j, (_, _, state) in zip(job_ids, states, strict=True) if state not in (b"completed", b"failed")]
+    unended = [j for j in job_ids if j not in outcome]
+    if unfinished or unended:
+        result.extra["unfinished"] = [where_is(client, j) for j in dict.fromkeys(unended + unfinished)][:5]
     return result
+
+
+def where_is(client: redis.Redis[bytes], job_id: str) -> dict[str, Any]:
+    """Where a job that did not end is: its record (without the message), its message in its queue or held by
+    kombu as unacknowledged, its place in the reconciler's indices. Written with the tally, so a lost or stuck job
+    of a rare run can be explained afterwards."""
+    record = {k.decode(): v.decode(errors="replace") for k, v in client.hgetall(job_key(job_id)).items()}
+    record.pop("message", None)
+    queue = record.get("queue", "")
+    in_queue = bool(queue) and any(job_id.encode() in entry for entry in client.lrange(queue, 0, -1))
+    return {
+        "job_id": job_id,
+        "record": record,
+        "in_queue": in_queue,
+        "unacked": job_id in reserved_job_ids(client),
+        "open_index": client.zscore(open_jobs_key(queue), job_id) if queue else None,
+        "running_index": client.zscore(RUNNING_JOBS, job_id),
+    }
 
 
 def worker_settings(settings: Settings) -> dict[str, object]:
