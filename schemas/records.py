@@ -50,7 +50,8 @@ JOB_FINISHED_FIELDS: tuple[JobField, ...] = (
     JobField.ATTEMPTS,
     JobField.DELIVERIES,  # only when more than the attempts (a redelivery)
     JobField.BACKFILL_ID,  # bulk jobs: where the results went
-    JobField.WORKER,  # failed jobs only: the node that ran the attempt that ended it
+    JobField.WORKER,  # the node that ran the attempt that ended it
+    JobField.QUEUE,  # where it was routed (which model's lane)
     JobField.CALLBACK_URL,  # the webhook dispatcher reads it
     JobField.DUPLICATE_DELIVERIES,
     JobField.RECONCILED,

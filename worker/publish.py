@@ -3,7 +3,7 @@
 A Lua script (``publish_terminal.lua``) makes "check the guard, XADD (trimming the stream by length and age), compact the job record, leave
 the indices" one atomic step: whichever delivery of a job gets there first publishes, every later one sees the
 guard and publishes nothing. The guard is the job hash's own ``state`` (completed/failed): a finished job keeps
-only what status and dedupe need (``schemas.records.JOB_FINISHED_FIELDS``: 184 bytes by ``MEMORY USAGE`` with its key);
+only what status and dedupe need (``schemas.records.JOB_FINISHED_FIELDS``: ~250 bytes by ``MEMORY USAGE`` with its key);
 its event lives in the stream (``stream_id``) and the sinks, not copied into the hash. A backfill job's record is
 its dedupe guard only and lives ``GUARDQ_BULK_RECORD_TTL_S`` (10 minutes); an interactive job's lives
 ``GUARDQ_JOB_TTL_S``.

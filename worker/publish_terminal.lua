@@ -11,15 +11,15 @@ if finished(KEYS[3], KEYS[1]) then
 end
 local sid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', ARGV[5], ARGV[1])
 if ARGV[10] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[10]) end
--- What status and dedupe need (schemas.records.JOB_FINISHED_FIELDS); the worker only of a failed job (for
--- whoever looks into the failure: a completed job's node is in the worker's logs), deliveries only past the attempts.
-local names = {'tenant', 'attempts', 'deliveries', 'backfill_id', 'worker', 'duplicate_deliveries', 'reconciled'}
+-- What status and dedupe need (schemas.records.JOB_FINISHED_FIELDS); deliveries only past the attempts.
+local names = {'tenant', 'attempts', 'deliveries', 'backfill_id', 'worker', 'queue', 'duplicate_deliveries',
+  'reconciled'}
 local kept = redis.call('HMGET', KEYS[3], unpack(names))
 redis.call('DEL', KEYS[3])
 local record = {'state', ARGV[4], 'stream_id', sid}
 for i, name in ipairs(names) do
   local value = kept[i]
-  if value and not (name == 'deliveries' and value == kept[2]) and not (name == 'worker' and ARGV[4] ~= 'failed') then
+  if value and not (name == 'deliveries' and value == kept[2]) then
     record[#record + 1] = name
     record[#record + 1] = value
   end
