@@ -7,7 +7,10 @@ codes, the rationale, the score and the image facts; about 40 bytes plus the rat
 (``schemas.keys.verdict_cache_bucket``: one hash per UTC day and shard, expiring a TTL after its day ends), not keys
 of their own: a key costs ~150 bytes of key-space and expiry tables before its value. A lookup asks the buckets of
 the TTL's days in one round trip; an entry lives its TTL and at most a day more. ``GUARDQ_CACHE_REDIS_URL`` puts it on a Redis of
-its own (``maxmemory-policy allkeys-lru``: under memory pressure old verdicts go, never queued jobs). A job that finds it publishes that verdict marked
+its own (``maxmemory-policy allkeys-lru``: under memory pressure old verdicts go, never queued jobs). Sharing the
+broker's Redis (the default), an entry keeps its rationale only until the job that inferred it has published its
+event; then it points at that event instead (:meth:`VerdictCache.compact`), so a hit lives as long as the stream keeps
+the event. A job that finds it publishes that verdict marked
 ``data.cached = true`` without calling the model. Duplicates that arrive while the first is still being inferred
 do not all hit the GPU: the first takes a short Redis lock (``SET NX PX``), the others poll for its verdict for
 at most ``GUARDQ_VERDICT_CACHE_WAIT_S`` (kept well below the visibility timeout) and then infer themselves (so a
@@ -33,8 +36,14 @@ import redis
 import structlog
 from pydantic import BaseModel
 
-from schemas.events import ImageFacts
-from schemas.keys import VERDICT_CACHE_PREFIX, VERDICT_CACHE_SHARDS, verdict_cache_bucket, verdict_cache_key
+from schemas.events import STREAM_FIELD, ImageFacts
+from schemas.keys import (
+    VERDICT_CACHE_PREFIX,
+    VERDICT_CACHE_SHARDS,
+    VERDICT_STREAM,
+    verdict_cache_bucket,
+    verdict_cache_key,
+)
 from schemas.taxonomy import CATEGORY_NAMES, category_code
 from schemas.verdict import Verdict
 from worker.tokenlock import Releaser
@@ -87,12 +96,21 @@ _SCORE_METHODS: dict[str | None, str | None] = {"logprobs": "l", "detempered": "
 _SCORE_METHOD_OF = {code: name for name, code in _SCORE_METHODS.items()}
 
 
-def encode_outcome(outcome: CachedOutcome) -> bytes:
+def encode_outcome(outcome: CachedOutcome, *, stream_id: str | None = None) -> bytes:
     """``[rating, category code, P(Unsafe), width, height, bytes, format, rationale, score method, truncated]`` as
-    JSON (the image's sha256 is part of the key); the last two are one letter / 0-1, and absent in older entries."""
+    JSON (the image's sha256 is part of the key); the last two are one letter / 0-1, and absent in older entries.
+    With ``stream_id`` the rationale is left out and the row ends with the id of the verdict event that holds it."""
     v, image = outcome.verdict, outcome.image
     row = [v.rating[0], v.category_code, v.unsafe_score, image.width, image.height, image.bytes, image.format]
-    return orjson.dumps([*row, v.rationale, _SCORE_METHODS[v.score_method], int(bool(v.rationale_truncated))])
+    rationale = None if stream_id else v.rationale
+    tail = [stream_id] if stream_id else []
+    return orjson.dumps([*row, rationale, _SCORE_METHODS[v.score_method], int(bool(v.rationale_truncated)), *tail])
+
+
+def rationale_reference(raw: bytes) -> str | None:
+    """The stream id an entry points at for its rationale (a compacted entry), or None."""
+    row = orjson.loads(raw)
+    return row[10] if len(row) >= 11 and isinstance(row[10], str) else None
 
 
 def decode_outcome(raw: bytes, sha256: str | None = None) -> CachedOutcome:
@@ -146,8 +164,10 @@ class VerdictCache:
         lock_s: float,
         incarnation: Callable[[], str] = lambda: "",
         alive: Callable[[str], bool] = lambda incarnation: True,
+        stream: redis.Redis[bytes] | None = None,
     ) -> None:
         self._redis = client
+        self._stream = stream  # the verdict stream's Redis when it is this cache's too: rationales by reference
         self._ttl_s = ttl_s
         self._wait_s = wait_s
         self._lock_ms = max(1000, int(lock_s * 1000))
@@ -225,6 +245,39 @@ class VerdictCache:
         if not raw:
             return None
         try:
-            return decode_outcome(raw, sha256)
+            outcome = decode_outcome(raw, sha256)
+            reference = rationale_reference(raw)
         except (ValueError, KeyError, TypeError):  # an entry of an older layout: infer again, overwrite it
             return None
+        if reference is None:
+            return outcome
+        rationale = self._rationale_at(reference)
+        if rationale is None:  # its event was trimmed from the stream: a miss (inferred and cached again)
+            return None
+        return outcome.model_copy(update={"verdict": outcome.verdict.model_copy(update={"rationale": rationale})})
+
+    def _rationale_at(self, stream_id: str) -> str | None:
+        client = self._stream or self._redis
+        entries = client.xrange(VERDICT_STREAM, stream_id, stream_id)
+        body = entries[0][1].get(STREAM_FIELD.encode()) if entries else None
+        if body is None:
+            return None
+        verdict = (orjson.loads(body).get("data") or {}).get("verdict") or {}
+        rationale = verdict.get("rationale")
+        return rationale if isinstance(rationale, str) and rationale else None
+
+    def compact(self, key: CacheKey, outcome: CachedOutcome, stream_id: str) -> None:
+        """After the job that inferred ``outcome`` published it as ``stream_id``: when the cache shares the stream's
+        Redis, its entry drops the rationale for a reference to that event (~140 bytes an entry instead of ~140
+        plus the rationale; LlavaGuard writes 200-400 characters). A hit then reads the rationale from the stream,
+        and once the stream has trimmed the event the entry is a miss. A cache on a Redis of its own (the shipped
+        deployment) keeps whole entries for its full TTL."""
+        if self._stream is None or not self.enabled or not outcome.verdict.rationale:
+            return
+        name = key.redis_key()
+        today, shard, field = int(time.time() // DAY), _shard(name), _field(name)
+        for day in (today, today - 1):  # the bucket the entry went to when it was inferred (midnight between)
+            bucket = verdict_cache_bucket(day, shard)
+            if self._redis.hexists(bucket, field):
+                self._redis.hset(bucket, field, encode_outcome(outcome, stream_id=stream_id))
+                return

@@ -45,6 +45,7 @@ class Progress:
     policy: PolicyInfo | None = None
     model: ModelInfo | None = None
     timings: Timings = field(default_factory=Timings)
+    inferred: tuple[CacheKey, CachedOutcome] | None = None  # what this attempt put in the verdict cache
 
     def lap(self, since: float) -> tuple[float, float]:
         now = time.perf_counter()
@@ -90,6 +91,11 @@ class Moderator:
 
     def close(self) -> None:
         self._frames.close()
+
+    def published(self, progress: Progress, stream_id: str) -> None:
+        """The attempt's event is on the stream as ``stream_id``: its cache entry may now point there."""
+        if progress.inferred is not None:
+            self._cache.compact(*progress.inferred, stream_id)
 
     def run(self, job: ModerationJob, *, attempt: int, progress: Progress) -> CloudEvent:
         progress.job = job
@@ -169,6 +175,8 @@ class Moderator:
         outcome, cached = self._cache.verdict(key, decode_and_infer, job_id=job.job_id)
         if cached:
             progress.image = outcome.image.model_copy(update={"uri": uri})
+        elif self._cache.enabled:
+            progress.inferred = (key, outcome)
         verdict = outcome.verdict
         mark, progress.timings.infer_ms = progress.lap(mark)
         if progress.timings.prepare_ms is not None:

@@ -59,6 +59,7 @@ def verdict_cache(
         lock_s=lock_s,
         incarnation=current_incarnation,
         alive=Liveness(client).alive,  # leases live in the main Redis, wherever the cache is
+        stream=None if cache_client is not None else client,  # sharing the stream's Redis: rationales by reference
     )
 
 

@@ -93,6 +93,8 @@ def _attempt(task: Task, rt: Runtime, job: Any, job_id: str, retries: int) -> No
         started = time.perf_counter()
         sid = _publish(rt, event, callback_url=progress.job.callback_url if progress.job else None)
         meter.finished(event, publish_s=time.perf_counter() - started, duplicate=sid is None)
+        if sid is not None:
+            _compact_cache_entry(rt, progress, sid)
     get_faults().job_ended_normally()
     log.info(
         "job_finished",
@@ -102,6 +104,14 @@ def _attempt(task: Task, rt: Runtime, job: Any, job_id: str, retries: int) -> No
         code=event.data.error.code.value if event.data.error else None,
         rating=event.data.verdict.rating if event.data.verdict else None,
     )
+
+
+def _compact_cache_entry(rt: Runtime, progress: Progress, sid: str) -> None:
+    """Best effort: an entry left whole costs bytes, never a verdict."""
+    try:
+        rt.moderator.published(progress, sid)
+    except RedisError as exc:
+        log.info("cache_entry_not_compacted", error=repr(exc))
 
 
 def _hand_back(rt: Runtime, job_id: str, fault: WorkerFault) -> NoReturn:

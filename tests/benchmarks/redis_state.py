@@ -26,17 +26,18 @@ from typing import Any
 import redis
 
 from producers.broker import JobQueue
+from schemas.events import STREAM_FIELD
 from schemas.job import ImageRef, ModerationJob, Priority
 from schemas.keys import VERDICT_STREAM, job_key, open_jobs_key, queue_name
 from schemas.models import get_model
 from tests.benchmarks.harness import RESULTS_DIR, Figure, run_jobs, services, settings_from, worker
 from tests.benchmarks.workload import distinct_jpegs, start_server, upload_jobs
 from tests.services.procs import start_redis
-from worker.cache import decode_outcome
 from worker.publish import Publisher
 from worker.reconcile import Reconciler
 
 MAX_PENDING = 5000
+RATIONALE_CHARS = 300  # LlavaGuard's run 200-400 characters; guardq's schema caps them at 399
 
 
 def _state(client: redis.Redis[bytes]) -> dict[str, float]:
@@ -60,14 +61,12 @@ def _cache_entry_bytes(client: redis.Redis[bytes]) -> float:
     return sum(client.memory_usage(b, samples=0) or 0 for b in buckets) / fields if fields else 0.0
 
 
-def _cached_rationale_chars(client: redis.Redis[bytes], limit: int = 100) -> float:
-    """Average length of the cached rationales (a cache entry grows with it; the instant server's are short)."""
+def _rationale_chars(client: redis.Redis[bytes], count: int = 100) -> float:
+    """Average rationale length of the latest verdict events (what a whole cache entry would carry)."""
     lengths = []
-    for bucket in client.scan_iter(match="guardq:vcb:*", count=1000):
-        for _, raw in client.hscan_iter(bucket, count=limit):
-            lengths.append(len(decode_outcome(raw).verdict.rationale or ""))
-            if len(lengths) >= limit:
-                return sum(lengths) / len(lengths)
+    for _, fields in client.xrevrange(VERDICT_STREAM, count=count):
+        verdict = (json.loads(fields[STREAM_FIELD.encode()]).get("data") or {}).get("verdict") or {}
+        lengths.append(len(verdict.get("rationale") or ""))
     return sum(lengths) / len(lengths) if lengths else 0.0
 
 
@@ -99,6 +98,7 @@ def _freed_by(client: redis.Redis[bytes], keys: list[bytes] | list[str]) -> floa
 def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> list[Figure]:
     with services(workdir) as svc:
         sim = start_server(max_running=None, latency_s=0.0)
+        sim.configure(rationale_chars=RATIONALE_CHARS)  # LlavaGuard-length rationales: they size a whole cache entry
         cache_redis = start_redis(workdir / "cache-redis") if separate_cache else None
         try:
             extra = {"GUARDQ_CACHE_REDIS_URL": cache_redis.url} if cache_redis is not None else {}
@@ -115,7 +115,7 @@ def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> li
                 record = _average_usage(client, "guardq:job:*")
                 cache_client = redis.Redis.from_url(cache_redis.url) if cache_redis is not None else client
                 cache = _cache_entry_bytes(cache_client)
-                rationale = _cached_rationale_chars(cache_client)
+                rationale = _rationale_chars(client)
             # Measured on a quiet Redis (the worker gone): its clients' traffic moves used memory by tens of KB.
             records = _freed_by(client, [job_key(j.job_id) for j in jobs]) / n
             cached = cache  # the cache's own Redis: not this figure's (its MEMORY USAGE is in the note)
@@ -137,7 +137,7 @@ def retained(workdir: Path, n: int = 500, *, separate_cache: bool = False) -> li
     note = (
         f"n={n}, {where}; freed by deleting them: job record {records:.0f} B"
         + ("" if separate_cache else f", cached verdict {cached:.0f} B")
-        + f" (rationales of {rationale:.0f} chars: a longer one adds a byte a char); MEMORY USAGE {record:.0f} / "
+        + f" (rationales of {rationale:.0f} chars); MEMORY USAGE {record:.0f} / "
         f"{cache:.0f} B; {keys:.2f} keys/job; used-memory growth less the stream {growth:.0f} B/job (±150 B run "
         f"to run at this size); stream entry {stream:.0f} B (excluded)"
     )

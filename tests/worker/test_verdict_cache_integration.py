@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,9 +15,9 @@ import pytest
 import redis
 
 from producers.broker import JobQueue
-from schemas.events import CloudEvent, ImageFacts
+from schemas.events import STREAM_FIELD, CloudEvent, ImageFacts
 from schemas.job import ImageRef, ModerationJob
-from schemas.keys import TASK_MODERATE
+from schemas.keys import TASK_MODERATE, VERDICT_STREAM, verdict_cache_bucket
 from schemas.policy import Policy
 from schemas.taxonomy import Declaration
 from schemas.verdict import Verdict
@@ -209,3 +210,54 @@ def test_a_waiter_keeps_waiting_for_a_living_holder_of_another_job(redis_client:
     assert (VERDICT, False) == cache.verdict(k, infer, job_id="job-2")
     assert time.monotonic() - started >= 1.5  # waited out the bound, then inferred itself
     assert b"job-1 w1#1-a live-token" == redis_client.get(_lock(k))  # never took the living holder's lock
+
+
+# --- sharing the stream's Redis, a published entry points at its event for the rationale -------------------------
+
+LONG = CachedOutcome(
+    verdict=Verdict(rating="Unsafe", category="O2: Violence, Harm, or Cruelty", rationale="r" * 300, unsafe_score=0.9),
+    image=VERDICT.image,
+)
+
+
+def _entry(client: redis.Redis, k: CacheKey) -> bytes:
+    """The stored entry of a key, read where the cache files it (today's bucket, its shard)."""
+    from worker.cache import DAY, _field, _shard  # the layout under test
+
+    name = k.redis_key()
+    raw = client.hget(verdict_cache_bucket(int(time.time() // DAY), _shard(name)), _field(name))
+    assert raw is not None
+    return raw
+
+
+def _publish(client: redis.Redis, outcome: CachedOutcome) -> str:
+    """A verdict event on the stream as the publish step writes it (the field, the JSON shape)."""
+    body = {"data": {"job_id": uuid.uuid4().hex, "verdict": outcome.verdict.model_dump(mode="json")}}
+    return client.xadd(VERDICT_STREAM, {STREAM_FIELD: json.dumps(body)}).decode()
+
+
+def test_sharing_the_streams_redis_a_published_entry_drops_its_rationale_and_a_hit_reads_it_from_the_event(
+    redis_client: redis.Redis,
+) -> None:
+    cache = VerdictCache(redis_client, ttl_s=3600, wait_s=1, lock_s=10, stream=redis_client)
+    k = key()
+    assert (LONG, False) == cache.verdict(k, lambda: LONG)
+    assert len(_entry(redis_client, k)) > 300  # whole until its job has published
+    sid = _publish(redis_client, LONG)
+    cache.compact(k, LONG, sid)
+    assert len(_entry(redis_client, k)) < 100  # the rationale lives in the event only
+    hit, cached = cache.verdict(k, lambda: pytest.fail("a hit must not infer"))
+    assert cached and LONG.verdict == hit.verdict
+
+    redis_client.xdel(VERDICT_STREAM, sid)  # the stream trimmed the event: the entry cannot replay it any more
+    calls: list[str] = []
+    assert (LONG, False) == cache.verdict(k, lambda: calls.append("infer") or LONG)  # type: ignore[func-returns-value]
+    assert ["infer"] == calls and len(_entry(redis_client, k)) > 300  # inferred and cached whole again
+
+
+def test_a_cache_on_a_redis_of_its_own_keeps_whole_entries_for_its_ttl(redis_client: redis.Redis) -> None:
+    cache = VerdictCache(redis_client, ttl_s=3600, wait_s=1, lock_s=10)  # no stream: the cache's own Redis
+    k = key()
+    cache.verdict(k, lambda: LONG)
+    cache.compact(k, LONG, _publish(redis_client, LONG))
+    assert len(_entry(redis_client, k)) > 300
