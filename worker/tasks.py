@@ -93,7 +93,7 @@ def _attempt(task: Task, rt: Runtime, job: Any, job_id: str, retries: int) -> No
         started = time.perf_counter()
         sid = _publish(rt, event, callback_url=progress.job.callback_url if progress.job else None)
         meter.finished(event, publish_s=time.perf_counter() - started, duplicate=sid is None)
-        if sid is not None:
+        if sid is not None and event.completed:  # the event that holds the verdict's rationale
             _compact_cache_entry(rt, progress, sid)
     get_faults().job_ended_normally()
     log.info(

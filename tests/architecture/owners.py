@@ -48,6 +48,7 @@ KEYS: dict[str, Key] = {
             "worker.delivery.webhooks.replay",
             "producers.backfill.tally",
             "worker.streamwatch",
+            "worker.cache",  # a compacted cache entry's rationale is read from its job's event
         ),
         note="only the publish step adds entries; the delivery package creates and acks its consumer groups",
     ),
