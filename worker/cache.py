@@ -107,17 +107,13 @@ def encode_outcome(outcome: CachedOutcome, *, stream_id: str | None = None) -> b
     return orjson.dumps([*row, rationale, _SCORE_METHODS[v.score_method], int(bool(v.rationale_truncated)), *tail])
 
 
-def rationale_reference(raw: bytes) -> str | None:
-    """The stream id an entry points at for its rationale (a compacted entry), or None."""
-    row = orjson.loads(raw)
-    return row[10] if len(row) >= 11 and isinstance(row[10], str) else None
-
-
-def decode_outcome(raw: bytes, sha256: str | None = None) -> CachedOutcome:
+def decode_outcome(raw: bytes, sha256: str | None = None) -> tuple[CachedOutcome, str | None]:
+    """The entry's outcome, and the stream id of the event that holds its rationale (a compacted entry) or None."""
     row = orjson.loads(raw)
     rating, code, score, width, height, size, fmt, rationale = row[:8]
     method, truncated = (row[8], row[9]) if len(row) >= 10 else (None, 0)
-    return CachedOutcome(
+    reference = row[10] if len(row) >= 11 and isinstance(row[10], str) else None
+    outcome = CachedOutcome(
         verdict=Verdict(
             rating="Safe" if rating == "S" else "Unsafe",
             category=_CATEGORY_BY_CODE[code],
@@ -128,6 +124,7 @@ def decode_outcome(raw: bytes, sha256: str | None = None) -> CachedOutcome:
         ),
         image=ImageFacts(uri="", sha256=sha256, width=width, height=height, bytes=size, format=fmt),
     )
+    return outcome, reference
 
 
 @dataclass(frozen=True)
@@ -245,8 +242,7 @@ class VerdictCache:
         if not raw:
             return None
         try:
-            outcome = decode_outcome(raw, sha256)
-            reference = rationale_reference(raw)
+            outcome, reference = decode_outcome(raw, sha256)
         except (ValueError, KeyError, TypeError):  # an entry of an older layout: infer again, overwrite it
             return None
         if reference is None:
@@ -257,8 +253,9 @@ class VerdictCache:
         return outcome.model_copy(update={"verdict": outcome.verdict.model_copy(update={"rationale": rationale})})
 
     def _rationale_at(self, stream_id: str) -> str | None:
-        client = self._stream or self._redis
-        entries = client.xrange(VERDICT_STREAM, stream_id, stream_id)
+        if self._stream is None:  # a cache on a Redis of its own cannot reach the stream (it never compacts)
+            return None
+        entries = self._stream.xrange(VERDICT_STREAM, stream_id, stream_id)
         body = entries[0][1].get(STREAM_FIELD.encode()) if entries else None
         if body is None:
             return None

@@ -102,7 +102,7 @@ def tally(client: redis.Redis[bytes], job_ids: list[str], *, scenario: str, vari
     unfinished = [j for j, (_, _, state) in zip(job_ids, states, strict=True) if state not in (b"completed", b"failed")]
     unended = [j for j in job_ids if j not in outcome]
     if unfinished or unended:
-        result.extra["unfinished"] = [where_is(client, j) for j in dict.fromkeys(unended + unfinished)][:5]
+        result.extra["unfinished"] = [where_is(client, j) for j in list(dict.fromkeys(unended + unfinished))[:5]]
     return result
 
 
